@@ -1,0 +1,7 @@
+"""targetkl: continuous audio VAEs trained to a chosen bitrate.
+
+A Gaussian VAE's expected KL(q(z|x) || N(0, I)) is a coding cost. Target-KL regularization trains
+the autoencoder so that this cost, measured in bits per second, lands on a chosen bitrate.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""The bottleneck contract shared by the Gaussian, RVQ and identity bottlenecks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BottleneckOutput:
+    """What every bottleneck returns.
+
+    z:                  ``(B, D, F)`` latent passed to the decoder (a sample in training, the mean in eval).
+    kl_nats_per_frame:  ``(B, F)`` KL(q || N(0, I)) per frame in nats, or ``None`` for non-Gaussian ones.
+    bits_per_frame:     ``(B, F)`` rate of each frame in bits.
+    codes:              ``(B, n_codebooks, F)`` integer codes of a discrete bottleneck, else ``None``.
+    penalty:            scalar added to the loss (rate-control term or commitment/codebook loss).
+    metrics:            scalars to log.
+    mean, std:          ``(B, D, F)`` posterior mean and std of a Gaussian bottleneck, else ``None``.
+    """
+
+    z: torch.Tensor
+    kl_nats_per_frame: torch.Tensor | None
+    bits_per_frame: torch.Tensor
+    codes: torch.Tensor | None
+    penalty: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+
+
+class Bottleneck(nn.Module):
+    """``forward(h: (B, input_channels, F)) -> BottleneckOutput`` with ``z`` of ``latent_dim`` channels."""
+
+    input_channels: int
+    latent_dim: int
+
+    def forward(self, h: torch.Tensor) -> BottleneckOutput:  # pragma: no cover - interface
+        raise NotImplementedError

@@ -1,0 +1,53 @@
+"""Gaussian (VAE) bottleneck: the encoder emits a mean and a scale per channel and frame."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
+from targetkl.control import KLController
+
+LN2 = math.log(2.0)
+
+
+def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(0, 1)) summed over channels: ``(B, D, F) -> (B, F)`` nats per frame.
+
+    ``0.5 * sum_c (mean^2 + std^2 - ln std^2 - 1)``; the 0.5 is part of the KL.
+    """
+    variance = std.pow(2)
+    return 0.5 * (mean.pow(2) + variance - torch.log(variance) - 1.0).sum(dim=1)
+
+
+class GaussianBottleneck(Bottleneck):
+    """Split ``(B, 2D, F)`` into mean and raw scale; ``std = softplus(raw) + eps``.
+
+    Training samples ``z = mean + std * noise`` (reparameterized); eval returns ``z = mean``. The rate is
+    the KL of the posterior to the standard normal prior, whichever ``z`` is returned.
+    """
+
+    def __init__(self, latent_dim: int, controller: KLController, sigma_eps: float = 1e-4):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.input_channels = 2 * latent_dim
+        self.sigma_eps = sigma_eps
+        self.controller = controller
+
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 2D, F)`` -> mean and std, each ``(B, D, F)``, computed in float32."""
+        mean, raw_scale = h.float().chunk(2, dim=1)
+        std = F.softplus(raw_scale) + self.sigma_eps
+        return mean, std
+
+    def forward(self, h: torch.Tensor) -> BottleneckOutput:
+        mean, std = self.posterior(h)
+        z = mean + std * torch.randn_like(mean) if self.training else mean
+        kl = gaussian_kl(mean, std)
+        penalty = self.controller(kl.mean(dim=1))
+        metrics = {"latent/mean_std": float(mean.detach().std()), "latent/posterior_std": float(std.detach().mean()),
+                   **self.controller.metrics()}
+        return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=kl / LN2, codes=None, penalty=penalty,
+                                metrics=metrics, mean=mean, std=std)

@@ -1,0 +1,216 @@
+"""``targetkl``: one command line with a subcommand per job. ``targetkl SUBCOMMAND --help`` explains each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from targetkl import __version__
+
+log = logging.getLogger("targetkl")
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default=None, help="named configuration: tiny (default), base-24k, dac-44k")
+    parser.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML/TOML/JSON file of overrides, e.g. {train: {steps: 500}}; repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one value, e.g. --set model.latent_dim=32; repeatable")
+
+
+def _resolve_training_config(args: argparse.Namespace):
+    """Preset (or the run's saved config when resuming), then files, --set, then explicit flags."""
+    from targetkl import config as cfg
+
+    flags = {
+        "rate.target_kbps": getattr(args, "target_kbps", None),
+        "model.bottleneck": getattr(args, "bottleneck", None),
+        "rate.controller": getattr(args, "kl_control", None),
+        "train.steps": getattr(args, "steps", None),
+        "train.seed": getattr(args, "seed", None),
+        "train.batch_size": getattr(args, "batch_size", None),
+        "train.device": getattr(args, "device", None),
+    }
+    saved = Path(args.out) / "config.json"
+    if saved.is_file() and args.preset is None:
+        config = cfg.load_run_config(args.out)
+        for file in args.config:
+            config = cfg.apply_overrides(config, cfg.load_override_file(file), where=file)
+        if args.set:
+            config = cfg.apply_overrides(config, cfg.parse_assignments(args.set), where="--set")
+        nested: dict = {}
+        for dotted, value in flags.items():
+            if value is not None:
+                section, key = dotted.split(".")
+                nested.setdefault(section, {})[key] = value
+        config = cfg.apply_overrides(config, nested, where="command line")
+        cfg.validate(config)
+        return config
+    return cfg.resolve(args.preset or "tiny", args.config, args.set, flags)
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from targetkl.data.corpus import write_corpus
+
+    out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
+                       seed=args.seed, progress=not args.quiet)
+    print(f"wrote {args.clips} clips and captions.jsonl to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from targetkl.train.trainer import Trainer
+
+    config = _resolve_training_config(args)
+    target = f"{config.rate.target_kbps:g} kbps" if config.model.bottleneck == "vae" else config.model.bottleneck
+    log.info("training %s: preset %s, %s, %d steps, frame rate %g Hz", args.out, config.preset, target,
+             config.train.steps, config.model.frame_rate)
+    result = Trainer(config, args.data, args.out, progress=not args.quiet).run()
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; checkpoint saved in {args.out}. Run the same command to resume.")
+        return 130
+    print(f"trained {args.out} to step {result.step}")
+    if result.last_metrics.get("rate/kbps") is not None:
+        print(f"last batch rate {result.last_metrics['rate/kbps']:.4f} kbps "
+              f"(target {config.rate.target_kbps}); run `targetkl eval {args.out} --data {args.data}` "
+              "for the held-out rate")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from targetkl.eval.evaluate import evaluate_run, format_result, to_json
+
+    result = evaluate_run(args.run, args.data, perceptual=not args.fast, progress=not args.quiet)
+    print(format_result(result))
+    if args.json:
+        Path(args.json).write_text(to_json(result) + "\n")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from targetkl.latents import encode_file
+    from targetkl.runs import load_run
+
+    info = encode_file(load_run(args.run).model, args.input, args.output)
+    print(f"wrote {args.output}: {info['frames']} frames at {float(info['frame_rate']):g} Hz")
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from targetkl.latents import decode_file
+    from targetkl.runs import load_run
+
+    info = decode_file(load_run(args.run).model, args.input, args.output)
+    print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from targetkl.demo import run_demo
+
+    kbps = [float(x) for x in args.kbps.split(",") if x.strip()]
+    summary = run_demo(Path(args.out), kbps, steps=args.steps, clips=args.clips, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="targetkl",
+        description="Train continuous audio VAEs to a chosen bitrate (target-KL) and measure them. "
+                    "Rates are measured as frame_rate * mean KL per frame / ln 2 on held-out audio.")
+    parser.add_argument("--version", action="version", version=f"targetkl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the whole job on the built-in corpus: corpus, train, eval, print rates",
+                          description="Synthesize the demo corpus, train a tiny DAC-VAE at each target bitrate, "
+                                      "and print target vs measured held-out kbps and mel distance next to an "
+                                      "untrained model's.")
+    demo.add_argument("--out", default="demo", help="folder for the corpus and runs (default: demo)")
+    demo.add_argument("--kbps", default="2", help="comma-separated target bitrates in kbps (default: 2)")
+    demo.add_argument("--steps", type=int, default=None, help="training steps per run (default: the tiny preset's)")
+    demo.add_argument("--clips", type=int, default=300, help="clips in the corpus (default: 300)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+    corpus = sub.add_parser("corpus", help="synthesize the captioned demo corpus (no downloads)",
+                            description="Write OUT/clips/*.wav (plucked strings, bells, chords, chirps, noise "
+                                        "bursts, drums, sung vowels) and OUT/captions.jsonl with one truthful "
+                                        "caption per clip. Seeded: the same arguments give the same files.")
+    corpus.add_argument("out", help="output folder")
+    corpus.add_argument("--clips", type=int, default=300, help="number of clips (default: 300)")
+    corpus.add_argument("--seconds", type=float, default=1.0, help="clip length in seconds (default: 1.0)")
+    corpus.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default: 16000)")
+    corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    corpus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    corpus.set_defaults(func=cmd_corpus)
+
+    train = sub.add_parser("train", help="train a codec at a target bitrate (resumes if RUN has a checkpoint)",
+                           description="Train a DAC-style codec with a Gaussian (vae), residual-VQ (rvq) or no "
+                                       "(ae) bottleneck. For vae, --target-kbps B sets KL_target = B*ln2/frame_rate "
+                                       "nats per frame. Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard logs "
+                                       "and atomic checkpoints; running it again on RUN resumes exactly.")
+    train.add_argument("--data", required=True, help="folder of audio files (wav/flac/ogg/mp3), captions optional")
+    train.add_argument("--out", required=True, help="run folder")
+    _add_config_arguments(train)
+    train.add_argument("--target-kbps", type=float, default=None, help="target bitrate in kbps (vae)")
+    train.add_argument("--bottleneck", choices=["vae", "rvq", "ae"], default=None, help="bottleneck type (default vae)")
+    train.add_argument("--kl-control", choices=["target", "pi", "lagrange", "fixed", "capacity"], default=None,
+                       help="rate controller for vae (default target: lambda*(KL-KL_target)^2)")
+    train.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    train.add_argument("--seed", type=int, default=None, help="random seed")
+    train.add_argument("--batch-size", type=int, default=None, help="clips per batch")
+    train.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="measured held-out rate vs target, and distortion metrics",
+                              description="Evaluate RUN on the held-out split of DATA in eval mode: rate_kbps "
+                                          "(measured), target_kbps, frame_rate, mel_distance, stft_distance, si_sdr, "
+                                          "pesq, stoi, visqol.")
+    evaluate.add_argument("run", help="run folder")
+    evaluate.add_argument("--data", required=True, help="folder of audio (the same one the run trained on)")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    evaluate.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_eval)
+
+    encode = sub.add_parser("encode", help="audio file to a latent file (safetensors)",
+                            description="Encode IN (any audio file) with RUN's encoder; the latent file holds the "
+                                        "posterior mean (and std), sample rate, frame rate and length.")
+    encode.add_argument("run")
+    encode.add_argument("input", help="audio file")
+    encode.add_argument("output", help="latent file to write (.safetensors)")
+    encode.set_defaults(func=cmd_encode)
+
+    decode = sub.add_parser("decode", help="latent file back to a wav file",
+                            description="Decode a latent file written by `targetkl encode` with the same RUN.")
+    decode.add_argument("run")
+    decode.add_argument("input", help="latent file (.safetensors)")
+    decode.add_argument("output", help="wav file to write")
+    decode.set_defaults(func=cmd_decode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from targetkl.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

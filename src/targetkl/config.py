@@ -1,0 +1,352 @@
+"""Typed configuration: dataclasses, named presets and overrides from YAML/TOML files or ``key=value``.
+
+A run's resolved configuration is saved as ``RUN/config.json`` and is the single source of truth when
+the run is resumed, evaluated or used to encode audio.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from targetkl import rate
+
+BOTTLENECKS = ("vae", "rvq", "ae")
+CONTROLLERS = ("target", "fixed", "capacity", "pi", "lagrange")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """DAC-style codec. Encoder channels double at each stride; the decoder mirrors the strides."""
+
+    sample_rate: int = 16000
+    encoder_dim: int = 8
+    strides: tuple[int, ...] = (2, 4, 5, 8)
+    decoder_dim: int = 64
+    latent_dim: int = 16
+    bottleneck: str = "vae"
+    sigma_eps: float = 1e-4
+    rvq_codebooks: int = 4
+    rvq_codebook_size: int = 1024
+    rvq_codebook_dim: int = 8
+    quantizer_dropout: float = 0.5
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def frame_rate(self) -> float:
+        return rate.frame_rate(self.sample_rate, self.hop)
+
+
+@dataclass
+class RateConfig:
+    """How the KL (the rate) of a Gaussian bottleneck is controlled.
+
+    ``target_kbps`` is converted to ``KL_target`` nats per frame with the model's frame rate.
+    ``scope`` is ``batch`` (the batch-mean KL meets the target: an average bitrate) or ``clip``
+    (every clip's mean KL is pulled to the target: a constant bitrate).
+    """
+
+    target_kbps: float | None = 2.0
+    controller: str = "target"
+    scope: str = "batch"
+    weight: float = 1e-3
+    beta: float = 1e-2
+    capacity_anneal_steps: int = 0
+    pi_kp: float = 0.02
+    pi_ki: float = 0.002
+    beta_min: float = 0.0
+    beta_max: float = 10.0
+    lagrange_lr: float = 0.01
+
+
+@dataclass
+class LossConfig:
+    mel_windows: tuple[int, ...] = (128, 256, 512, 1024)
+    mel_weight: float = 15.0
+    stft_windows: tuple[int, ...] = (256, 512, 1024)
+    stft_weight: float = 1.0
+    waveform_weight: float = 1.0
+    adversarial: bool = False
+    adversarial_weight: float = 1.0
+    feature_matching_weight: float = 2.0
+    discriminator_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    discriminator_stft_windows: tuple[int, ...] = (2048, 1024, 512)
+    discriminator_lr: float = 1e-4
+
+
+@dataclass
+class DataConfig:
+    segment_seconds: float = 0.32
+    valid_percent: float = 10.0
+    loudness_dbfs: float = -20.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1000.0
+    ema_decay: float = 0.0
+    bf16: bool = True
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 20
+
+
+@dataclass
+class Config:
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rate: RateConfig = field(default_factory=RateConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def segment_samples(self) -> int:
+        return int(round(self.data.segment_seconds * self.model.sample_rate))
+
+    @property
+    def target_nats_per_frame(self) -> float | None:
+        if self.rate.target_kbps is None:
+            return None
+        return rate.kbps_to_nats_per_frame(self.rate.target_kbps, self.model.frame_rate)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "base-24k": {
+        "model": {"sample_rate": 24000, "encoder_dim": 64, "strides": (2, 4, 5, 8),
+                  "decoder_dim": 1024, "latent_dim": 64},
+        "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
+                 "adversarial": True},
+        "data": {"segment_seconds": 0.4},
+        "rate": {"target_kbps": 6.0},
+        "train": {"steps": 400000, "batch_size": 16, "lr": 1e-4, "schedule": "exponential",
+                  "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
+                  "log_every": 50},
+    },
+    "dac-44k": {
+        "model": {"sample_rate": 44100, "encoder_dim": 64, "strides": (2, 4, 8, 8),
+                  "decoder_dim": 1536, "latent_dim": 64},
+        "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
+                 "adversarial": True},
+        "data": {"segment_seconds": 512 * 75 / 44100},
+        "rate": {"target_kbps": 8.0},
+        "train": {"steps": 400000, "batch_size": 12, "lr": 1e-4, "schedule": "exponential",
+                  "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
+                  "log_every": 50},
+    },
+}
+
+
+def _coerce(value: Any, template: Any, key: str) -> Any:
+    """Convert ``value`` (from JSON, YAML, TOML or a ``key=value`` string) to the type of ``template``."""
+    if isinstance(value, str) and not isinstance(template, str):
+        text = value.strip()
+        if text.lower() in ("none", "null"):
+            return None
+        if isinstance(template, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        if isinstance(template, tuple):
+            parts = [p for p in text.strip("()[]").split(",") if p.strip()]
+            element = template[0] if template else 0.0
+            return tuple(_coerce(p, element, key) for p in parts)
+        try:
+            if isinstance(template, int):
+                return int(text)
+            return float(text)
+        except ValueError as error:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from error
+    if isinstance(template, tuple) and isinstance(value, (list, tuple)):
+        element = template[0] if template else 0.0
+        return tuple(_coerce(v, element, key) for v in value)
+    if isinstance(template, bool):
+        return bool(value)
+    if isinstance(template, float) and isinstance(value, int):
+        return float(value)
+    if isinstance(template, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "overrides") -> Config:
+    """Return a copy of ``config`` with a nested ``{"section": {"key": value}}`` mapping applied.
+
+    Unknown sections or keys raise ``ConfigError`` naming the key and where it came from.
+    """
+    config = copy.deepcopy(config)
+    for section_name, section_values in overrides.items():
+        if section_name == "preset":
+            continue
+        section = getattr(config, section_name, None)
+        if section is None or not dataclasses.is_dataclass(section):
+            known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "preset")
+            raise ConfigError(f"{where}: unknown section {section_name!r}; known sections: {known}")
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"{where}: section {section_name!r} must be a mapping of keys to values")
+        names = {f.name for f in dataclasses.fields(section)}
+        for key, value in section_values.items():
+            if key not in names:
+                raise ConfigError(
+                    f"{where}: unknown key {section_name}.{key}; known keys: {', '.join(sorted(names))}")
+            template = getattr(section, key)
+            if template is None:
+                template = 0.0
+            setattr(section, key, _coerce(value, template, f"{section_name}.{key}"))
+    return config
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["model.latent_dim=32", "train.lr=3e-4"]`` to a nested override mapping."""
+    nested: dict[str, dict[str, Any]] = {}
+    for item in assignments:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: write it as section.key=value, e.g. train.steps=200")
+        path, value = item.split("=", 1)
+        section, key = path.split(".", 1)
+        nested.setdefault(section, {})[key] = value
+    return nested
+
+
+def load_override_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON file of overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing .yaml, .toml or .json file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:
+        raise ConfigError(f"{path}: cannot parse config ({error}); fix the syntax") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of sections to keys")
+    return data
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    config = apply_overrides(Config(), PRESETS[name], where=f"preset {name}")
+    config.preset = name
+    return config
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Rebuild a ``Config`` saved with ``to_dict`` (e.g. ``RUN/config.json``)."""
+    config = apply_overrides(Config(), data, where=where)
+    config.preset = data.get("preset", "tiny")
+    return config
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; {run_dir} is not a training run (train one with `targetkl train`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: corrupt config ({error}); restore it or retrain the run") from error
+    return from_dict(data, where=str(path))
+
+
+def validate(config: Config) -> None:
+    """Fail early, with a message naming the key, on values that cannot train."""
+    model, rate_config, train = config.model, config.rate, config.train
+    if model.bottleneck not in BOTTLENECKS:
+        raise ConfigError(f"model.bottleneck={model.bottleneck!r}: choose one of {', '.join(BOTTLENECKS)}")
+    if rate_config.controller not in CONTROLLERS:
+        raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
+    if rate_config.scope not in ("batch", "clip"):
+        raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
+    if model.sample_rate <= 0 or model.latent_dim <= 0 or model.encoder_dim <= 0 or model.decoder_dim <= 0:
+        raise ConfigError("model.sample_rate, latent_dim, encoder_dim and decoder_dim must be positive")
+    if not model.strides or any(s <= 0 for s in model.strides):
+        raise ConfigError(f"model.strides={model.strides}: every stride must be a positive integer")
+    if config.segment_samples % model.hop != 0 or config.segment_samples == 0:
+        raise ConfigError(
+            f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
+            f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
+    if model.bottleneck == "vae" and rate_config.controller != "fixed":
+        if rate_config.target_kbps is None or rate_config.target_kbps <= 0:
+            raise ConfigError(f"rate.target_kbps={rate_config.target_kbps}: a target bitrate must be positive")
+        bits_per_value = 16.0
+        ceiling = rate.bits_per_frame_to_kbps(model.latent_dim * bits_per_value, model.frame_rate)
+        if rate_config.target_kbps > ceiling:
+            raise ConfigError(
+                f"rate.target_kbps={rate_config.target_kbps} is above what {model.latent_dim} latent channels at "
+                f"{model.frame_rate:g} Hz can usefully carry (~{ceiling:g} kbps at 16 bits per value); "
+                "lower the target or widen model.latent_dim")
+    if model.bottleneck == "rvq" and (model.rvq_codebooks <= 0 or model.rvq_codebook_size < 2):
+        raise ConfigError("model.rvq_codebooks must be >= 1 and model.rvq_codebook_size >= 2")
+    if train.steps < 0 or train.batch_size <= 0 or train.grad_accum <= 0:
+        raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
+    if train.lr <= 0:
+        raise ConfigError(f"train.lr={train.lr}: the learning rate must be positive")
+    if train.schedule not in ("constant", "cosine", "exponential"):
+        raise ConfigError(f"train.schedule={train.schedule!r}: choose constant, cosine or exponential")
+    if not 0 <= train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
+    if not 0 <= config.data.valid_percent < 100:
+        raise ConfigError(f"data.valid_percent={config.data.valid_percent}: must be in [0, 100)")
+
+
+def resolve(preset_name: str = "tiny", files: list[str] | None = None, assignments: list[str] | None = None,
+            flags: dict[str, Any] | None = None) -> Config:
+    """Preset, then override files in order, then ``--set`` assignments, then explicit CLI flags."""
+    config = preset(preset_name)
+    for file in files or []:
+        config = apply_overrides(config, load_override_file(file), where=str(file))
+    if assignments:
+        config = apply_overrides(config, parse_assignments(assignments), where="--set")
+    flag_overrides: dict[str, dict[str, Any]] = {}
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        flag_overrides.setdefault(section, {})[key] = value
+    config = apply_overrides(config, flag_overrides, where="command line")
+    config.preset = preset_name
+    validate(config)
+    return config

@@ -1,0 +1,189 @@
+"""KL controllers: the rate-control term added to the loss of a Gaussian bottleneck.
+
+All controllers see the per-clip mean KL ``kl_per_clip`` of shape ``(batch,)`` in nats per frame and
+return a scalar penalty. Their state (multipliers, integrators, step counters) lives in buffers, so it
+is saved with the model weights and a resumed run continues with the same controller state.
+
+- ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
+- ``target``:   ``weight * (KL - KL_target)^2`` -- the target-KL loss. With a fixed weight it settles
+                where its gradient balances the reconstruction gradient, slightly above target.
+- ``capacity``: ``weight * |KL - C|`` with ``C`` annealed linearly to ``KL_target`` (Burgess et al.).
+- ``pi``:       ``beta_t * KL`` with ``beta_t`` set by a PI feedback loop on the relative rate error
+                (ControlVAE-style), clamped to ``[beta_min, beta_max]`` with conditional-integration
+                anti-windup.
+- ``lagrange``: augmented Lagrangian ``lambda_t * c + weight/2 * c^2`` with ``c = KL - KL_target`` and
+                dual ascent ``lambda_t += lr * c / KL_target``: the multiplier absorbs the steady push of
+                the reconstruction loss, so the constraint is met without offset (GECO-style).
+
+``scope='batch'`` controls the batch-mean KL (an average bitrate); ``scope='clip'`` applies the
+penalty to each clip's mean KL and averages (every clip near the same bitrate). The feedback state of
+``pi`` and ``lagrange`` always follows the batch mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from targetkl.config import RateConfig
+
+
+class KLController(nn.Module):
+    """Base class. ``forward(kl_per_clip)`` returns the penalty and updates state when training."""
+
+    name = "base"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__()
+        self.scope = config.scope
+        self.target = float(target_nats) if target_nats is not None else None
+
+    def _per_scope(self, kl_per_clip: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` -> the quantity controlled: ``(1,)`` batch mean or ``(batch,)`` per clip."""
+        if self.scope == "clip":
+            return kl_per_clip
+        return kl_per_clip.mean().reshape(1)
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        """``kl``: ``(n,)`` nats per frame; returns the mean penalty over the ``n`` entries."""
+        raise NotImplementedError
+
+    def update(self, batch_kl: float) -> None:
+        """Advance the controller's state after a training forward with batch-mean KL ``batch_kl``."""
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def forward(self, kl_per_clip: torch.Tensor) -> torch.Tensor:
+        value = self.penalty(self._per_scope(kl_per_clip))
+        if self.training and torch.is_grad_enabled():
+            self.update(float(kl_per_clip.detach().mean()))
+        return value
+
+
+class FixedBeta(KLController):
+    name = "fixed"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__(config, target_nats)
+        self.beta = config.beta
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        return self.beta * kl.mean()
+
+    def metrics(self) -> dict[str, float]:
+        return {"control/beta": self.beta}
+
+
+class TargetKL(KLController):
+    name = "target"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__(config, target_nats)
+        self.weight = config.weight
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        return self.weight * (kl - self.target).pow(2).mean()
+
+
+class Capacity(KLController):
+    name = "capacity"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__(config, target_nats)
+        self.weight = config.weight
+        self.anneal_steps = config.capacity_anneal_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def capacity(self) -> float:
+        if self.anneal_steps <= 0:
+            return self.target
+        return self.target * min(1.0, float(self.step) / self.anneal_steps)
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        return self.weight * (kl - self.capacity()).abs().mean()
+
+    def update(self, batch_kl: float) -> None:
+        self.step += 1
+
+    def metrics(self) -> dict[str, float]:
+        return {"control/capacity_nats": self.capacity()}
+
+
+class PIController(KLController):
+    name = "pi"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__(config, target_nats)
+        self.kp, self.ki = config.pi_kp, config.pi_ki
+        self.beta_min, self.beta_max = config.beta_min, config.beta_max
+        self.register_buffer("beta", torch.tensor(float(config.beta_min), dtype=torch.float64))
+        self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        return float(self.beta) * kl.mean()
+
+    @staticmethod
+    def step_rule(error: float, integral: float, kp: float, ki: float, beta_min: float,
+                  beta_max: float) -> tuple[float, float]:
+        """One PI update: returns ``(beta, integral)``. ``error`` > 0 means too many bits.
+
+        The integral only accumulates while the output is not saturated, or when the error pulls it
+        back inside ``[beta_min, beta_max]`` (conditional integration, a standard anti-windup rule).
+        """
+        candidate = integral + error
+        unclamped = kp * error + ki * candidate
+        saturated_high = unclamped > beta_max and error > 0
+        saturated_low = unclamped < beta_min and error < 0
+        if not (saturated_high or saturated_low):
+            integral = candidate
+        beta = min(max(kp * error + ki * integral, beta_min), beta_max)
+        return beta, integral
+
+    def update(self, batch_kl: float) -> None:
+        error = (batch_kl - self.target) / self.target
+        beta, integral = self.step_rule(error, float(self.integral), self.kp, self.ki, self.beta_min,
+                                        self.beta_max)
+        self.beta.fill_(beta)
+        self.integral.fill_(integral)
+
+    def metrics(self) -> dict[str, float]:
+        return {"control/beta": float(self.beta)}
+
+
+class Lagrange(KLController):
+    name = "lagrange"
+
+    def __init__(self, config: RateConfig, target_nats: float | None):
+        super().__init__(config, target_nats)
+        self.weight = config.weight
+        self.lr = config.lagrange_lr
+        self.register_buffer("multiplier", torch.zeros((), dtype=torch.float64))
+
+    def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        violation = kl - self.target
+        return (float(self.multiplier) * violation + 0.5 * self.weight * violation.pow(2)).mean()
+
+    @staticmethod
+    def step_rule(multiplier: float, batch_kl: float, target: float, lr: float) -> float:
+        """Dual ascent on the relative violation: ``lambda + lr * (KL - target) / target``."""
+        return multiplier + lr * (batch_kl - target) / target
+
+    def update(self, batch_kl: float) -> None:
+        self.multiplier.fill_(self.step_rule(float(self.multiplier), batch_kl, self.target, self.lr))
+
+    def metrics(self) -> dict[str, float]:
+        return {"control/multiplier": float(self.multiplier)}
+
+
+CONTROLLER_CLASSES: dict[str, type[KLController]] = {
+    cls.name: cls for cls in (FixedBeta, TargetKL, Capacity, PIController, Lagrange)
+}
+
+
+def build_controller(config: RateConfig, target_nats: float | None) -> KLController:
+    if config.controller not in CONTROLLER_CLASSES:
+        raise ValueError(f"unknown KL controller {config.controller!r}; choose one of {', '.join(CONTROLLER_CLASSES)}")
+    if config.controller != "fixed" and target_nats is None:
+        raise ValueError(f"the {config.controller!r} controller needs rate.target_kbps")
+    return CONTROLLER_CLASSES[config.controller](config, target_nats)

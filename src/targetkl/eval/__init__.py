@@ -1,0 +1,1 @@
+"""Evaluation: measured rate on held-out audio and distortion metrics."""

@@ -1,0 +1,60 @@
+"""``targetkl eval``: a run's measured held-out rate next to its target, and its distortion."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from targetkl.config import Config
+from targetkl.data import load_folder
+from targetkl.eval.measure import measure_rate_and_distortion
+from targetkl.models.codec import Codec
+from targetkl.runs import load_run
+
+
+def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptual: bool = True,
+                   progress: bool = True) -> dict:
+    held_out = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
+                           config.data.loudness_dbfs, progress=False)
+    result = measure_rate_and_distortion(model, held_out.clips, "cpu", perceptual=perceptual, progress=progress)
+    target = config.rate.target_kbps if config.model.bottleneck == "vae" and config.rate.controller != "fixed" else None
+    if config.model.bottleneck == "rvq":
+        target = result["rate_kbps"]
+    result.update({
+        "target_kbps": target,
+        "rate_error_percent": (100 * (result["rate_kbps"] - target) / target) if target else None,
+        "bottleneck": config.model.bottleneck,
+        "controller": config.rate.controller if config.model.bottleneck == "vae" else None,
+        "sample_rate": config.model.sample_rate,
+        "latent_dim": config.model.latent_dim,
+        "data": str(data_dir),
+    })
+    return result
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, perceptual: bool = True, progress: bool = True) -> dict:
+    loaded = load_run(run_dir)
+    result = evaluate_model(loaded.model, loaded.config, data_dir, perceptual, progress)
+    result.update({"run": str(run_dir), "step": loaded.step})
+    return result
+
+
+def to_json(result: dict) -> str:
+    """JSON with NaN written as null, so every reader can parse it."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+    return json.dumps(clean, indent=2)
+
+
+def format_result(result: dict) -> str:
+    lines = []
+    if result.get("target_kbps") is not None:
+        lines.append(f"target rate   {result['target_kbps']:.4f} kbps")
+    lines.append(f"measured rate {result['rate_kbps']:.4f} kbps  (held-out, {result['clips']} clips, "
+                 f"{result['frame_rate']:g} Hz frames)")
+    if result.get("rate_error_percent") is not None:
+        lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
+    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol"):
+        if key in result and result[key] is not None and not (isinstance(result[key], float) and math.isnan(result[key])):
+            lines.append(f"{key:<13} {result[key]:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Distortion metrics on single clips: ``reference`` and ``estimate`` are ``(samples,)`` float arrays.
+
+``mel_distance``, ``stft_distance`` and ``si_sdr`` use fixed settings (independent of any training
+config) so runs and codecs are compared on the same scale. PESQ (wide-band, 16 kHz) and STOI run on
+16 kHz resampled audio; ViSQOL runs in speech mode at 16 kHz or in audio mode at 48 kHz.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import numpy as np
+import soxr
+import torch
+
+from targetkl.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, si_sdr
+
+log = logging.getLogger("targetkl.eval")
+
+MEL_WINDOWS = (128, 256, 512, 1024, 2048)
+STFT_WINDOWS = (256, 512, 1024, 2048)
+SPEECH_RATE = 16000
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_metric(sample_rate: int) -> MultiScaleMelLoss:
+    return MultiScaleMelLoss(sample_rate, MEL_WINDOWS)
+
+
+_STFT_METRIC = MultiResolutionSTFTLoss(STFT_WINDOWS)
+
+
+def _tensor(audio: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(audio, dtype=np.float32))[None, None]
+
+
+def mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    with torch.no_grad():
+        return float(_mel_metric(sample_rate)(_tensor(estimate), _tensor(reference)))
+
+
+def stft_distance(reference: np.ndarray, estimate: np.ndarray) -> float:
+    with torch.no_grad():
+        return float(_STFT_METRIC(_tensor(estimate), _tensor(reference)))
+
+
+def si_sdr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    return float(si_sdr(_tensor(estimate), _tensor(reference))[0])
+
+
+def _resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return np.asarray(audio, dtype=np.float64)
+    return soxr.resample(np.asarray(audio, dtype=np.float64), rate_in, rate_out)
+
+
+def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """Wide-band PESQ (MOS-LQO) at 16 kHz; NaN where PESQ finds no speech-like activity."""
+    from pesq import pesq
+
+    try:
+        return float(pesq(SPEECH_RATE, _resample(reference, sample_rate, SPEECH_RATE),
+                          _resample(estimate, sample_rate, SPEECH_RATE), "wb"))
+    except Exception as error:
+        log.debug("PESQ undefined for this clip: %s", error)
+        return math.nan
+
+
+def stoi_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    from pystoi import stoi
+
+    with np.errstate(all="ignore"):
+        value = stoi(np.asarray(reference, dtype=np.float64), np.asarray(estimate, dtype=np.float64), sample_rate,
+                     extended=False)
+    return float(value) if np.isfinite(value) and value > -1e3 else math.nan
+
+
+@functools.lru_cache(maxsize=2)
+def _visqol(mode: str):
+    from visqol import VisqolApi
+
+    api = VisqolApi()
+    api.create(mode=mode)
+    return api
+
+
+def visqol_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """ViSQOL MOS-LQO: speech mode at 16 kHz for rates up to 16 kHz, audio mode at 48 kHz above."""
+    mode, rate = ("speech", SPEECH_RATE) if sample_rate <= SPEECH_RATE else ("audio", 48000)
+    try:
+        result = _visqol(mode).measure_from_arrays(_resample(reference, sample_rate, rate),
+                                                   _resample(estimate, sample_rate, rate), rate)
+        return float(result.moslqo)
+    except Exception as error:
+        log.debug("ViSQOL undefined for this clip: %s", error)
+        return math.nan
+
+
+BASIC_METRICS = ("mel_distance", "stft_distance", "si_sdr")
+PERCEPTUAL_METRICS = ("pesq", "stoi", "visqol")
+
+
+def clip_metrics(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
+                 perceptual: bool = True) -> dict[str, float]:
+    """All metrics for one clip; ``estimate`` is cut or zero-padded to the reference's length."""
+    reference = np.asarray(reference, dtype=np.float32)
+    estimate = np.asarray(estimate, dtype=np.float32)[: len(reference)]
+    if len(estimate) < len(reference):
+        estimate = np.pad(estimate, (0, len(reference) - len(estimate)))
+    values = {"mel_distance": mel_distance(reference, estimate, sample_rate),
+              "stft_distance": stft_distance(reference, estimate),
+              "si_sdr": si_sdr_db(reference, estimate)}
+    if perceptual:
+        values["pesq"] = pesq_score(reference, estimate, sample_rate)
+        values["stoi"] = stoi_score(reference, estimate, sample_rate)
+        values["visqol"] = visqol_score(reference, estimate, sample_rate)
+    return values
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over clips, ignoring NaN (a metric undefined for a clip); NaN if all are."""
+    keys = {k for row in rows for k in row}
+    out = {}
+    for key in sorted(keys):
+        values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
+        out[key] = float(np.mean(values)) if values else math.nan
+    return out

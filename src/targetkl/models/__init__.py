@@ -1,0 +1,1 @@
+"""Codec models: encoder, decoder, the autoencoder around a bottleneck, and discriminators."""

@@ -1,0 +1,132 @@
+"""DAC-style convolutional encoder and decoder around a pluggable bottleneck ("DAC-VAE").
+
+Waveforms are ``(batch, 1, samples)`` in [-1, 1]; latents are ``(batch, latent_dim, frames)`` with
+``frames = samples / hop`` and ``hop = prod(strides)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from targetkl.bottlenecks import Bottleneck, BottleneckOutput, build_bottleneck
+from targetkl.config import Config, ModelConfig
+from targetkl.nn import ResidualUnit, Snake, wn_conv1d, wn_conv_transpose1d
+
+DILATIONS = (1, 3, 9)
+
+
+class EncoderBlock(nn.Module):
+    """Residual units at ``channels // 2``, then a strided conv to ``channels``: ``(B, C/2, T) -> (B, C, T/s)``."""
+
+    def __init__(self, channels: int, stride: int):
+        super().__init__()
+        half = channels // 2
+        self.block = nn.Sequential(
+            *[ResidualUnit(half, d) for d in DILATIONS],
+            Snake(half),
+            wn_conv1d(half, channels, kernel_size=2 * stride, stride=stride, padding=(stride + 1) // 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DecoderBlock(nn.Module):
+    """Transposed conv then residual units: ``(B, C_in, T) -> (B, C_out, T*s)``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            Snake(in_channels),
+            wn_conv_transpose1d(in_channels, out_channels, stride),
+            *[ResidualUnit(out_channels, d) for d in DILATIONS],
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Encoder(nn.Module):
+    """``(B, 1, T) -> (B, out_channels, T / hop)``; channels double at every stride."""
+
+    def __init__(self, dim: int, strides: tuple[int, ...], out_channels: int):
+        super().__init__()
+        layers: list[nn.Module] = [wn_conv1d(1, dim, kernel_size=7)]
+        channels = dim
+        for stride in strides:
+            channels *= 2
+            layers.append(EncoderBlock(channels, stride))
+        layers += [Snake(channels), wn_conv1d(channels, out_channels, kernel_size=3)]
+        self.layers = nn.Sequential(*layers)
+        self.channels = channels
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.layers(audio)
+
+
+class Decoder(nn.Module):
+    """``(B, latent_dim, F) -> (B, 1, F * hop)``; channels halve at every stride; output in [-1, 1]."""
+
+    def __init__(self, latent_dim: int, dim: int, strides: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = [wn_conv1d(latent_dim, dim, kernel_size=7)]
+        channels = dim
+        for stride in strides:
+            out_channels = max(channels // 2, 1)
+            layers.append(DecoderBlock(channels, out_channels, stride))
+            channels = out_channels
+        layers += [Snake(channels), wn_conv1d(channels, 1, kernel_size=7), nn.Tanh()]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.layers(latent)
+
+
+class Codec(nn.Module):
+    """Encoder -> bottleneck -> decoder. The bottleneck decides what the latent costs in bits."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        model: ModelConfig = config.model
+        self.sample_rate = model.sample_rate
+        self.hop = model.hop
+        self.frame_rate = model.frame_rate
+        self.latent_dim = model.latent_dim
+        self.bottleneck: Bottleneck = build_bottleneck(config)
+        self.encoder = Encoder(model.encoder_dim, model.strides, self.bottleneck.input_channels)
+        self.decoder = Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides)))
+
+    def pad(self, audio: torch.Tensor) -> torch.Tensor:
+        """Right-pad ``(B, 1, T)`` with zeros to a multiple of ``hop``."""
+        remainder = audio.shape[-1] % self.hop
+        if remainder:
+            audio = F.pad(audio, (0, self.hop - remainder))
+        return audio
+
+    def encode(self, audio: torch.Tensor) -> BottleneckOutput:
+        """``(B, 1, T)`` with ``T % hop == 0`` to the bottleneck's output (latent ``(B, D, T/hop)``)."""
+        return self.bottleneck(self.encoder(audio))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(B, D, F)`` to ``(B, 1, F * hop)``."""
+        return self.decoder(latent)
+
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:
+        encoded = self.encode(audio)
+        return self.decode(encoded.z), encoded
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of every parameter, so files made by one model are refused by another.
+
+    Buffers (controller state) are left out: they steer training and play no part in decoding.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

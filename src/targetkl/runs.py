@@ -1,0 +1,34 @@
+"""Open a finished (or in-progress) training run: its config and the newest checkpoint's weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from targetkl.config import Config, load_run_config
+from targetkl.models.codec import Codec
+from targetkl.train.checkpoint import CheckpointError, latest_checkpoint, load_module
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: Config
+    model: Codec
+    step: int
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: bool = True) -> LoadedRun:
+    """Build the run's codec and load its newest checkpoint (EMA weights when the run kept them)."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir)
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint yet; train it first with `targetkl train --out {run_dir}`")
+    model = Codec(config)
+    weights = folder / "ema.safetensors" if use_ema and (folder / "ema.safetensors").is_file() else folder / "model.safetensors"
+    load_module(model, weights)
+    model.to(device).eval()
+    return LoadedRun(run_dir, config, model, int(folder.name.split("-")[1]))

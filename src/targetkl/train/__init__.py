@@ -1,0 +1,1 @@
+"""Training: the loop, atomic checkpoints and logging."""

@@ -1,0 +1,140 @@
+"""Atomic checkpoints: safetensors for weights, a weights-only ``state.pt`` for everything else.
+
+Layout::
+
+    RUN/checkpoints/step-00001000/model.safetensors     codec weights and controller state
+    RUN/checkpoints/step-00001000/ema.safetensors       EMA weights (when EMA is on)
+    RUN/checkpoints/step-00001000/discriminator.safetensors
+    RUN/checkpoints/step-00001000/state.pt              step, optimizer(s), RNG, schedule
+    RUN/checkpoints/latest                              name of the newest complete checkpoint
+
+A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
+named in ``latest`` (itself replaced atomically). A crash at any moment leaves ``latest`` pointing at a
+complete checkpoint. Loading never executes code: safetensors, and ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or damaged; the message names the file."""
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def state_dict_for_file(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in module.state_dict().items()}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]],
+                    state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``tensors[name]`` as ``name.safetensors`` and ``state`` as ``state.pt``; return the folder."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    final = root / name
+    temporary = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
+    for file_name, tensor_dict in tensors.items():
+        save_file(tensor_dict, str(temporary / f"{file_name}.safetensors"))
+        _fsync_file(temporary / f"{file_name}.safetensors")
+    torch.save(state, temporary / "state.pt")
+    _fsync_file(temporary / "state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(temporary, final)
+    _fsync_dir(root)
+    write_text_atomic(root / LATEST, name + "\n")
+    prune(root, keep=max(keep, 1), current=name)
+    return final
+
+
+def prune(root: Path, keep: int, current: str) -> None:
+    """Remove all but the newest ``keep`` complete checkpoints and any stale temporary folders."""
+    complete = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in complete[:-keep]:
+        if old.name != current:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder ``latest`` names, or ``None`` if the run has no checkpoint yet."""
+    root = checkpoint_root(run_dir)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    folder = root / name
+    if not name.startswith("step-") or not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
+        raise CheckpointError(f"{pointer}: names {name!r}, which is not a complete checkpoint; "
+                              "point it at an existing step-* folder or delete it to start over")
+    return folder
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: damaged or not a safetensors file ({error}); "
+                              "restore it or delete the checkpoint folder to fall back to training") from error
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"{path}: damaged training state ({str(error).splitlines()[0][:200]}); "
+                              "restore it or delete the checkpoint folder") from error
+
+
+def load_module(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module`` strictly, with a clear error on any mismatch."""
+    tensors = load_tensors(path)
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: does not match the model in the run's config.json "
+                              f"({str(error).splitlines()[0][:200]})") from error

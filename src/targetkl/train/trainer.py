@@ -1,0 +1,309 @@
+"""The training loop: plain PyTorch, explicit, resumable to the exact same next loss.
+
+Every source of randomness is a function of ``(seed, step)``: the batch crops, and the torch RNG
+(reparameterization noise, quantizer dropout) reseeded before each step. Together with the optimizer,
+EMA, discriminator and controller state in the checkpoint, a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from targetkl import rate
+from targetkl.config import Config, validate
+from targetkl.data import AudioSet, load_folder, random_crops
+from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
+                             lsgan_generator_loss)
+from targetkl.models.codec import Codec
+from targetkl.models.discriminators import Discriminator
+from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
+                                       state_dict_for_file)
+from targetkl.train.logger import MetricLogger
+
+log = logging.getLogger("targetkl.train")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what was saved."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    interrupted: bool
+    last_metrics: dict[str, float]
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name!r} but no CUDA device is available; use auto or cpu")
+    return torch.device(name)
+
+
+def learning_rate(config: Config, step: int) -> float:
+    """The LR schedule as a pure function of the step: linear warmup, then constant, cosine or exponential."""
+    train = config.train
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    if train.schedule == "constant":
+        return train.lr
+    progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+    if train.schedule == "cosine":
+        floor = train.lr * train.min_lr_ratio
+        return floor + 0.5 * (train.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return train.lr * (train.min_lr_ratio ** min(progress, 1.0))
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2 ** 63 - 1)
+
+
+class Trainer:
+    """Train the codec in ``config`` on ``data_dir``; writes everything into ``run_dir``."""
+
+    def __init__(self, config: Config, data_dir: str | Path, run_dir: str | Path, progress: bool = True,
+                 train_set: AudioSet | None = None, held_out_set: AudioSet | None = None):
+        validate(config)
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.data_dir = Path(data_dir)
+        self.progress = progress
+        self.device = choose_device(config.train.device)
+        self.train_set = train_set or load_folder(data_dir, config.model.sample_rate, "train",
+                                                  config.data.valid_percent, config.data.loudness_dbfs, progress)
+        self.held_out_set = held_out_set
+        torch.manual_seed(config.train.seed)
+        self.model = Codec(config).to(self.device)
+        self.reconstruction = ReconstructionLoss(
+            config.model.sample_rate, config.loss.mel_windows, config.loss.stft_windows, config.loss.mel_weight,
+            config.loss.stft_weight, config.loss.waveform_weight).to(self.device)
+        train = config.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.lr, betas=train.betas,
+                                           weight_decay=train.weight_decay)
+        self.ema = copy.deepcopy(self.model).eval() if train.ema_decay > 0 else None
+        self.discriminator = None
+        self.disc_optimizer = None
+        if config.loss.adversarial:
+            self.discriminator = Discriminator(config.loss.discriminator_periods,
+                                               config.loss.discriminator_stft_windows).to(self.device)
+            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.loss.discriminator_lr,
+                                                    betas=train.betas)
+        self.training_model = torch.compile(self.model) if train.compile else self.model
+        self.step = 0
+        self.bad_steps = 0
+        self._stop_signal: int | None = None
+
+    # ----------------------------------------------------------------- state
+    def _tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        tensors = {"model": state_dict_for_file(self.model)}
+        if self.ema is not None:
+            tensors["ema"] = state_dict_for_file(self.ema)
+        if self.discriminator is not None:
+            tensors["discriminator"] = state_dict_for_file(self.discriminator)
+        return tensors
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer else {},
+            "torch_rng": torch.get_rng_state(),
+            "schedule": {"name": self.config.train.schedule, "lr": learning_rate(self.config, self.step)},
+            "bad_steps": self.bad_steps,
+        }
+        return save_checkpoint(self.run_dir, self.step, self._tensors(), state, self.config.train.keep_checkpoints)
+
+    def resume(self) -> bool:
+        folder = latest_checkpoint(self.run_dir)
+        if folder is None:
+            return False
+        load_module(self.model, folder / "model.safetensors")
+        if self.ema is not None:
+            load_module(self.ema, folder / "ema.safetensors")
+        if self.discriminator is not None:
+            load_module(self.discriminator, folder / "discriminator.safetensors")
+        state = load_state(folder / "state.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc_optimizer is not None and state.get("disc_optimizer"):
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        return True
+
+    def _write_config(self) -> None:
+        """Save the resolved config; refuse to resume a run whose model or rate settings differ."""
+        path = self.run_dir / "config.json"
+        current = self.config.to_dict()
+        if path.is_file():
+            try:
+                existing = json.loads(path.read_text())
+            except ValueError:
+                existing = None
+            if existing is not None:
+                fixed = ("model", "rate")
+                before = {k: existing.get(k) for k in fixed}
+                after = json.loads(json.dumps({k: current[k] for k in fixed}))
+                if before != after:
+                    raise TrainingError(f"{path}: this run was started with other model or rate settings; "
+                                        "use a new --out folder, or resume with the run's own settings")
+        path.write_text(json.dumps(current, indent=2) + "\n")
+
+    # ------------------------------------------------------------- one step
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.train.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches); returns the logged scalars."""
+        config, train = self.config, self.config.train
+        torch.manual_seed(step_seed(train.seed, self.step))
+        lr = learning_rate(config, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(train.grad_accum):
+            audio = random_crops(self.train_set, train.batch_size, config.segment_samples, train.seed,
+                                 self.step * train.grad_accum + micro).to(self.device)
+            with self._autocast():
+                decoded, encoded = self.training_model(audio)
+                reconstruction, terms = self.reconstruction(decoded.float(), audio)
+                loss = reconstruction + encoded.penalty
+                if self.discriminator is not None:
+                    loss = loss + self._adversarial_terms(audio, decoded, terms)
+            (loss / train.grad_accum).backward()
+            scalars = {"loss": float(loss.detach()), "loss/rate_penalty": float(encoded.penalty.detach()),
+                       **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
+                       "rate/kbps": rate.bits_per_frame_to_kbps(float(encoded.bits_per_frame.detach().mean()),
+                                                                self.model.frame_rate),
+                       "latent/std": float(encoded.z.detach().float().std()), **encoded.metrics}
+            if encoded.kl_nats_per_frame is not None:
+                scalars["rate/kl_nats_per_frame"] = float(encoded.kl_nats_per_frame.detach().mean())
+            for key, value in scalars.items():
+                totals[key] = totals.get(key, 0.0) + value / train.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):
+            self.optimizer.zero_grad(set_to_none=True)
+            totals["skipped"] = 1.0
+            return totals
+        self.optimizer.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
+                    ema_param.lerp_(param, 1 - train.ema_decay)
+                for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
+                    ema_buffer.copy_(buffer)
+        totals.update({"grad_norm": float(grad_norm), "lr": lr})
+        if config.rate.target_kbps is not None:
+            totals["rate/target_kbps"] = config.rate.target_kbps
+        return totals
+
+    def _adversarial_terms(self, audio: torch.Tensor, decoded: torch.Tensor, terms: dict) -> torch.Tensor:
+        """Update the discriminator on this micro-batch; return the generator's adversarial terms."""
+        loss_config = self.config.loss
+        real_scores, _ = self.discriminator(audio)
+        fake_scores, _ = self.discriminator(decoded.detach())
+        disc_loss = lsgan_discriminator_loss(real_scores, fake_scores)
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.config.train.grad_clip)
+        self.disc_optimizer.step()
+        fake_scores, fake_features = self.discriminator(decoded)
+        with torch.no_grad():
+            _, real_features = self.discriminator(audio)
+        adversarial = lsgan_generator_loss(fake_scores)
+        matching = feature_matching_loss(real_features, fake_features)
+        terms.update({"discriminator": disc_loss.detach(), "adversarial": adversarial.detach(),
+                      "feature_matching": matching.detach()})
+        return loss_config.adversarial_weight * adversarial + loss_config.feature_matching_weight * matching
+
+    # ------------------------------------------------------------- the loop
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def held_out_metrics(self) -> dict[str, float]:
+        """Measured rate and mel distance on the held-out split (eval mode), for the log."""
+        from targetkl.eval.measure import measure_rate_and_distortion
+
+        if self.held_out_set is None:
+            self.held_out_set = load_folder(self.data_dir, self.config.model.sample_rate, "held_out",
+                                            self.config.data.valid_percent, self.config.data.loudness_dbfs,
+                                            progress=False)
+        model = self.ema if self.ema is not None else self.model
+        return measure_rate_and_distortion(model, self.held_out_set.clips, self.device)
+
+    def run(self) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        logger = MetricLogger(self.run_dir)
+        resumed = self.resume()
+        if resumed:
+            log.info("resuming %s from step %d", self.run_dir, self.step)
+            logger.truncate_after(self.step)
+        train = self.config.train
+        previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        for signum in previous:
+            signal.signal(signum, self._on_signal)
+        last: dict[str, float] = {}
+        bar = tqdm(total=train.steps, initial=self.step, desc=f"training {self.run_dir.name}",
+                   disable=not self.progress, dynamic_ncols=True)
+        started = time.time()
+        try:
+            while self.step < train.steps:
+                scalars = self.train_step()
+                if scalars.get("skipped"):
+                    self.bad_steps += 1
+                    log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step,
+                                self.bad_steps)
+                    logger.log(self.step, {"skipped": 1.0, "loss": scalars["loss"]})
+                    if self.bad_steps >= train.max_bad_steps:
+                        self.save()
+                        raise TrainingError(
+                            f"{self.bad_steps} non-finite steps in a row at step {self.step}; stopped. The last good "
+                            f"weights are in {self.run_dir / 'checkpoints'}; lower train.lr or check the data")
+                    self.step += 1
+                    bar.update(1)
+                    continue
+                self.bad_steps = 0
+                self.step += 1
+                last = scalars
+                bar.update(1)
+                if self.step % train.log_every == 0 or self.step == train.steps:
+                    scalars["seconds"] = time.time() - started
+                    logger.log(self.step, scalars)
+                    bar.set_postfix(kbps=f"{scalars['rate/kbps']:.3f}", mel=f"{scalars['loss/mel']:.3f}")
+                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                    self.save()
+                    held_out = self.held_out_metrics()
+                    logger.log(self.step, held_out, split="held_out")
+                if self._stop_signal is not None:
+                    self.save()
+                    name = signal.Signals(self._stop_signal).name
+                    log.warning("%s received: checkpoint written at step %d; run the same command to resume",
+                                name, self.step)
+                    return TrainResult(self.run_dir, self.step, True, last)
+            if latest_checkpoint(self.run_dir) is None:
+                self.save()
+        finally:
+            bar.close()
+            logger.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return TrainResult(self.run_dir, self.step, False, last)

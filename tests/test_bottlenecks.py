@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from targetkl.bottlenecks import BottleneckOutput, GaussianBottleneck, IdentityBottleneck, RVQBottleneck, gaussian_kl
+from targetkl.config import RateConfig
+from targetkl.control import build_controller
+
+
+def test_kl_closed_form_against_monte_carlo():
+    torch.manual_seed(0)
+    mean = torch.randn(1, 4, 1) * 1.5
+    std = torch.rand(1, 4, 1) * 1.5 + 0.2
+    closed = float(gaussian_kl(mean, std))
+    samples = mean + std * torch.randn(200000, 4, 1, dtype=torch.float64)
+    log_q = torch.distributions.Normal(mean.double(), std.double()).log_prob(samples).sum(dim=1)
+    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(samples).sum(dim=1)
+    monte_carlo = float((log_q - log_p).mean())
+    assert closed == pytest.approx(monte_carlo, rel=0.01)
+
+
+def test_kl_has_the_half_factor():
+    # mean 1, std 1 in one channel: KL = 0.5 * 1 = 0.5 nats (not 1, as a KL without the 1/2 would say).
+    assert float(gaussian_kl(torch.ones(1, 1, 1), torch.ones(1, 1, 1))) == pytest.approx(0.5)
+    # std = e^-1, mean 0, 3 channels: 0.5 * 3 * (e^-2 + 2 - 1) nats.
+    value = float(gaussian_kl(torch.zeros(1, 3, 1), torch.full((1, 3, 1), math.exp(-1.0))))
+    assert value == pytest.approx(1.5 * (math.exp(-2) + 1))
+
+
+def _gaussian(target_nats=10.0, controller="target"):
+    return GaussianBottleneck(4, build_controller(RateConfig(controller=controller), target_nats), sigma_eps=1e-4)
+
+
+def test_gaussian_contract_and_bits():
+    torch.manual_seed(0)
+    bottleneck = _gaussian().eval()
+    h = torch.randn(2, 8, 5)
+    out = bottleneck(h)
+    assert isinstance(out, BottleneckOutput)
+    assert out.z.shape == (2, 4, 5) and out.kl_nats_per_frame.shape == (2, 5)
+    assert torch.allclose(out.bits_per_frame, out.kl_nats_per_frame / math.log(2))
+    assert torch.equal(out.z, out.mean)  # eval decodes the mean
+    assert out.codes is None
+    expected_std = torch.nn.functional.softplus(h[:, 4:]) + 1e-4
+    assert torch.allclose(out.std, expected_std)
+    # target penalty: weight * (batch-mean KL - target)^2
+    weight = RateConfig().weight
+    expected = weight * (float(out.kl_nats_per_frame.mean()) - 10.0) ** 2
+    assert float(out.penalty) == pytest.approx(expected, rel=1e-5)
+
+
+def test_gaussian_samples_in_training():
+    torch.manual_seed(0)
+    bottleneck = _gaussian().train()
+    out = bottleneck(torch.randn(2, 8, 5))
+    assert not torch.equal(out.z, out.mean)
+
+
+def test_rvq_bits_and_codes():
+    torch.manual_seed(0)
+    rvq = RVQBottleneck(latent_dim=6, n_codebooks=3, codebook_size=256, codebook_dim=4, quantizer_dropout=1.0,
+                        commitment_weight=0.25, codebook_weight=1.0)
+    rvq.eval()
+    out = rvq(torch.randn(2, 6, 7))
+    assert out.z.shape == (2, 6, 7)
+    assert out.codes.shape == (2, 3, 7) and out.codes.dtype == torch.long
+    assert torch.all(out.bits_per_frame == 24.0)  # 3 * log2(256)
+    assert out.kl_nats_per_frame is None
+    assert torch.allclose(rvq.decode_codes(out.codes), out.z, atol=1e-5)
+    rvq.train()
+    torch.manual_seed(1)
+    out = rvq(torch.randn(16, 6, 7))
+    per_clip = out.bits_per_frame[:, 0]
+    assert set(per_clip.tolist()) <= {8.0, 16.0, 24.0}
+    assert len(set(per_clip.tolist())) > 1  # quantizer dropout gives per-clip rates
+    assert float(out.penalty) > 0
+
+
+def test_identity_bits_are_float_storage():
+    out = IdentityBottleneck(5)(torch.randn(1, 5, 3))
+    assert torch.all(out.bits_per_frame == 160.0)
+    assert float(out.penalty) == 0.0

@@ -1,0 +1,87 @@
+import json
+import os
+
+import pytest
+import torch
+
+from targetkl.train.checkpoint import CheckpointError, latest_checkpoint, load_tensors
+from targetkl.train.logger import read_metrics
+from targetkl.train.trainer import Trainer, learning_rate
+
+from conftest import quick_config
+
+
+def _losses(run_dir):
+    return {row["step"]: row["loss"] for row in read_metrics(run_dir)}
+
+
+@pytest.mark.parametrize("bottleneck,controller", [("vae", "target"), ("vae", "pi"), ("rvq", "target")])
+def test_resume_gives_the_same_next_loss(small_corpus, tmp_path, bottleneck, controller):
+    full = quick_config(model={"bottleneck": bottleneck}, rate={"controller": controller})
+    Trainer(full, small_corpus, tmp_path / "straight", progress=False).run()
+    first_half = quick_config(model={"bottleneck": bottleneck}, rate={"controller": controller},
+                              train={"steps": 2})
+    Trainer(first_half, small_corpus, tmp_path / "resumed", progress=False).run()
+    trainer = Trainer(full, small_corpus, tmp_path / "resumed", progress=False)
+    trainer.run()
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step] == straight[step]
+    a = load_tensors(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
+    b = load_tensors(latest_checkpoint(tmp_path / "resumed") / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_writes_config_metrics_and_atomic_checkpoints(small_corpus, tmp_path):
+    config = quick_config(train={"steps": 6, "keep_checkpoints": 2, "ema_decay": 0.5})
+    Trainer(config, small_corpus, tmp_path / "run", progress=False).run()
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["rate"]["target_kbps"] == 2.0 and saved["train"]["steps"] == 6
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert checkpoints == ["step-00000004", "step-00000006"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    assert (run / "checkpoints" / "step-00000006" / "ema.safetensors").is_file()
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("loss/mel", "loss/stft", "loss/waveform", "rate/kbps", "rate/target_kbps", "latent/std", "grad_norm"):
+        assert key in rows[-1]
+    held_out = read_metrics(run, "held_out")
+    assert [r["step"] for r in held_out] == [2, 4, 6] and held_out[-1]["rate_kbps"] > 0
+    assert any(p.name.startswith("events") for p in (run / "tensorboard").iterdir())
+
+
+def test_changed_model_settings_refuse_to_resume(small_corpus, tmp_path):
+    from targetkl.train.trainer import TrainingError
+
+    Trainer(quick_config(train={"steps": 2}), small_corpus, tmp_path / "run", progress=False).run()
+    with pytest.raises(TrainingError, match="other model or rate settings"):
+        Trainer(quick_config(rate={"target_kbps": 4.0}), small_corpus, tmp_path / "run", progress=False).run()
+
+
+def test_damaged_checkpoint_is_a_clear_error(small_corpus, tmp_path):
+    run = tmp_path / "run"
+    Trainer(quick_config(train={"steps": 2}), small_corpus, run, progress=False).run()
+    model_file = latest_checkpoint(run) / "model.safetensors"
+    model_file.write_bytes(os.urandom(300))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        Trainer(quick_config(), small_corpus, run, progress=False).run()
+
+
+def test_learning_rate_schedule():
+    config = quick_config(train={"steps": 100, "warmup_steps": 10, "lr": 1e-3, "min_lr_ratio": 0.1})
+    assert learning_rate(config, 0) == pytest.approx(1e-4)
+    assert learning_rate(config, 9) == pytest.approx(1e-3)
+    assert learning_rate(config, 10) == pytest.approx(1e-3)
+    assert learning_rate(config, 100) == pytest.approx(1e-4)
+    assert learning_rate(config, 55) == pytest.approx(1e-4 + 0.5 * 9e-4)
+
+
+def test_adversarial_training_step(small_corpus, tmp_path):
+    config = quick_config(loss={"adversarial": True, "discriminator_periods": (2, 3),
+                                "discriminator_stft_windows": (256,)}, train={"steps": 2})
+    Trainer(config, small_corpus, tmp_path / "gan", progress=False).run()
+    row = read_metrics(tmp_path / "gan")[-1]
+    assert row["loss/discriminator"] > 0 and row["loss/feature_matching"] > 0
+    assert (latest_checkpoint(tmp_path / "gan") / "discriminator.safetensors").is_file()
