@@ -22,6 +22,7 @@ log = logging.getLogger("targetkl.eval")
 MEL_WINDOWS = (128, 256, 512, 1024, 2048)
 STFT_WINDOWS = (256, 512, 1024, 2048)
 SPEECH_RATE = 16000
+VISQOL_MIN_SECONDS = 1.0
 
 
 @functools.lru_cache(maxsize=8)
@@ -87,11 +88,17 @@ def _visqol(mode: str):
 
 
 def visqol_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
-    """ViSQOL MOS-LQO: speech mode at 16 kHz for rates up to 16 kHz, audio mode at 48 kHz above."""
+    """ViSQOL MOS-LQO: speech mode at 16 kHz for rates up to 16 kHz, audio mode at 48 kHz above.
+
+    ViSQOL needs about a second of signal; shorter clips are zero-padded to ``VISQOL_MIN_SECONDS``.
+    """
     mode, rate = ("speech", SPEECH_RATE) if sample_rate <= SPEECH_RATE else ("audio", 48000)
+    reference, estimate = _resample(reference, sample_rate, rate), _resample(estimate, sample_rate, rate)
+    shortfall = int(VISQOL_MIN_SECONDS * rate) - len(reference)
+    if shortfall > 0:
+        reference, estimate = np.pad(reference, (0, shortfall)), np.pad(estimate, (0, shortfall))
     try:
-        result = _visqol(mode).measure_from_arrays(_resample(reference, sample_rate, rate),
-                                                   _resample(estimate, sample_rate, rate), rate)
+        result = _visqol(mode).measure_from_arrays(reference, estimate, rate)
         return float(result.moslqo)
     except Exception as error:
         log.debug("ViSQOL undefined for this clip: %s", error)

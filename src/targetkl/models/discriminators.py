@@ -16,6 +16,17 @@ def _wn2d(in_channels: int, out_channels: int, kernel: tuple[int, int], stride: 
     return weight_norm(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding))
 
 
+def _conv_stack(convs: nn.ModuleList, out: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack then a score conv; returns ``(score, every activation including the score)``."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    score = out(x)
+    features.append(score)
+    return score, features
+
+
 class PeriodDiscriminator(nn.Module):
     """Folds the waveform into ``(T/p, p)`` and applies 2-D convs along time (HiFi-GAN's MPD member)."""
 
@@ -33,13 +44,7 @@ class PeriodDiscriminator(nn.Module):
         if length % self.period:
             audio = F.pad(audio, (0, self.period - length % self.period), mode="reflect")
         x = audio.reshape(audio.shape[0], 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        score = self.out(x)
-        features.append(score)
-        return score, features
+        return _conv_stack(self.convs, self.out, x)
 
 
 class STFTDiscriminator(nn.Module):
@@ -62,13 +67,7 @@ class STFTDiscriminator(nn.Module):
         spec = torch.stft(audio.reshape(audio.shape[0], -1).float(), self.n_fft, self.n_fft // 4,
                           window=self.window, return_complex=True)
         x = torch.stack([spec.real, spec.imag], dim=1).transpose(2, 3)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        score = self.out(x)
-        features.append(score)
-        return score, features
+        return _conv_stack(self.convs, self.out, x)
 
 
 class Discriminator(nn.Module):
