@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from targetkl.config import RateConfig
+from targetkl.control import Capacity, Lagrange, PIController, build_controller
+
+
+def test_pi_rule_integrates_and_clamps_without_windup():
+    beta, integral = PIController.step_rule(0.5, 0.0, kp=0.1, ki=0.01, beta_min=0.0, beta_max=1.0)
+    assert integral == pytest.approx(0.5) and beta == pytest.approx(0.05 + 0.005)
+    # Saturated high with a positive error: the integral stops growing (anti-windup).
+    beta, integral = PIController.step_rule(10.0, 200.0, kp=0.1, ki=0.01, beta_min=0.0, beta_max=1.0)
+    assert beta == 1.0 and integral == 200.0
+    # A negative error is still integrated while saturated high, so the output can come back.
+    beta, integral = PIController.step_rule(-1.0, 200.0, kp=0.1, ki=0.01, beta_min=0.0, beta_max=1.0)
+    assert integral == 199.0 and beta == 1.0
+    # Saturated low with a negative error: no integration below the floor.
+    beta, integral = PIController.step_rule(-1.0, 0.0, kp=0.1, ki=0.01, beta_min=0.0, beta_max=1.0)
+    assert beta == 0.0 and integral == 0.0
+
+
+def test_pi_controller_on_a_toy_sequence():
+    controller = build_controller(RateConfig(controller="pi", pi_kp=0.1, pi_ki=0.05), target_nats=10.0).train()
+    betas = []
+    for kl in (20.0, 20.0, 15.0, 5.0):
+        with torch.enable_grad():
+            controller(torch.tensor([kl]))
+        betas.append(float(controller.beta))
+    # errors 1, 1, 0.5, -0.5 -> integrals 1, 2, 2.5, 2.0
+    assert betas == pytest.approx([0.1 + 0.05, 0.1 + 0.1, 0.05 + 0.125, -0.05 + 0.1])
+
+
+def test_lagrange_dual_ascent_and_penalty():
+    assert Lagrange.step_rule(0.0, 12.0, 10.0, lr=0.5) == pytest.approx(0.1)
+    controller = build_controller(RateConfig(controller="lagrange", lagrange_lr=0.5, weight=2.0), 10.0).train()
+    kl = torch.tensor([12.0], requires_grad=True)
+    penalty = controller(kl)
+    assert float(penalty) == pytest.approx(0.0 * 2 + 0.5 * 2.0 * 4)  # multiplier was 0 when the penalty was taken
+    assert float(controller.multiplier) == pytest.approx(0.1)
+    penalty = controller(kl)
+    assert float(penalty) == pytest.approx(0.1 * 2 + 4.0)
+
+
+def test_capacity_anneals_and_clip_scope():
+    controller = Capacity(RateConfig(controller="capacity", capacity_anneal_steps=4, weight=1.0), 8.0).train()
+    assert controller.capacity() == 0.0
+    with torch.enable_grad():
+        controller(torch.tensor([1.0, 3.0]))
+    assert controller.capacity() == pytest.approx(2.0)
+    clip = build_controller(RateConfig(controller="target", scope="clip", weight=1.0), 2.0)
+    batch = build_controller(RateConfig(controller="target", scope="batch", weight=1.0), 2.0)
+    kl = torch.tensor([1.0, 3.0])
+    assert float(clip(kl)) == pytest.approx(1.0)   # mean of (1-2)^2 and (3-2)^2
+    assert float(batch(kl)) == pytest.approx(0.0)  # (mean 2 - 2)^2
+
+
+def test_controller_state_is_saved_with_the_model():
+    controller = build_controller(RateConfig(controller="pi"), 10.0)
+    assert {"beta", "integral"} <= set(controller.state_dict())
+    with pytest.raises(ValueError, match="target_kbps"):
+        build_controller(RateConfig(controller="target"), None)
