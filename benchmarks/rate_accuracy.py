@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-
-from targetkl.config import apply_overrides, parse_assignments, resolve
-from targetkl.data.corpus import write_corpus
-from targetkl.eval.evaluate import evaluate_model, evaluate_run
-from targetkl.models.codec import Codec
-from targetkl.train.trainer import Trainer
+from targetkl.config import resolve
+from targetkl.demo import ensure_corpus, train_and_compare
 
 
 def main() -> None:
@@ -32,23 +26,14 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="rate_accuracy_"))
-    data = out / "corpus"
-    if not (data / "captions.jsonl").is_file():
-        write_corpus(data, progress=False)
+    data = ensure_corpus(out / "corpus", progress=False)
     rows = []
     for target in [float(k) for k in args.kbps.split(",")]:
-        config = resolve("tiny", flags={"rate.target_kbps": target, "rate.controller": args.controller})
-        config = apply_overrides(config, parse_assignments(args.set), where="--set")
-        run = out / f"{args.controller}-{target:g}"
-        started = time.time()
-        Trainer(config, data, run, progress=False).run()
-        seconds = time.time() - started
-        result = evaluate_run(run, data, perceptual=False, progress=False)
-        torch.manual_seed(config.train.seed)
-        untrained = evaluate_model(Codec(config).eval(), config, data, perceptual=False, progress=False)
-        rows.append({"target_kbps": target, "rate_kbps": result["rate_kbps"],
-                     "rate_error_percent": result["rate_error_percent"], "mel_distance": result["mel_distance"],
-                     "mel_distance_untrained": untrained["mel_distance"], "train_seconds": seconds})
+        config = resolve("tiny", assignments=args.set,
+                         flags={"rate.target_kbps": target, "rate.controller": args.controller})
+        row, _ = train_and_compare(config, data, out / f"{args.controller}-{target:g}", perceptual=False,
+                                   progress=False)
+        rows.append(row)
     measured = [r["rate_kbps"] for r in rows]
     print(json.dumps({"controller": args.controller, "overrides": args.set, "rows": rows,
                       "in_order": measured == sorted(measured),

@@ -3,41 +3,54 @@
 from __future__ import annotations
 
 import json
-import logging
+import time
 from pathlib import Path
 
 import torch
 
-from targetkl.config import resolve
+from targetkl.config import Config, resolve
 from targetkl.data.corpus import write_corpus
 from targetkl.eval.evaluate import evaluate_model, evaluate_run, format_result
 from targetkl.models.codec import Codec
 from targetkl.train.trainer import Trainer
 
-log = logging.getLogger("targetkl.demo")
+
+def ensure_corpus(data: Path, clips: int = 300, progress: bool = True) -> Path:
+    """Synthesize the demo corpus into ``data`` unless it is already there."""
+    if not (data / "captions.jsonl").is_file():
+        write_corpus(data, clips=clips, progress=progress)
+    return data
+
+
+def train_and_compare(config: Config, data: Path, run: Path, perceptual: bool = True,
+                      progress: bool = True) -> tuple[dict, dict]:
+    """Train ``run`` (or resume it), evaluate it on the held-out split, and compare with the same model
+    before training. Returns ``(summary row, full evaluation of the trained run)``."""
+    started = time.time()
+    Trainer(config, data, run, progress=progress).run()
+    seconds = time.time() - started
+    trained = evaluate_run(run, data, perceptual=perceptual, progress=progress)
+    torch.manual_seed(config.train.seed)
+    untrained = evaluate_model(Codec(config).eval(), config, data, perceptual=False, progress=False)
+    row = {"run": str(run), "target_kbps": trained["target_kbps"], "rate_kbps": trained["rate_kbps"],
+           "rate_error_percent": trained["rate_error_percent"], "mel_distance": trained["mel_distance"],
+           "mel_distance_untrained": untrained["mel_distance"], "si_sdr": trained["si_sdr"],
+           "train_seconds": seconds}
+    return row, trained
 
 
 def run_demo(out: Path, kbps: list[float], steps: int | None = None, clips: int = 300,
              progress: bool = True) -> dict:
     """Train one tiny VAE per target in ``kbps`` and compare it with an untrained model of the same config."""
-    data = out / "corpus"
-    if not (data / "captions.jsonl").is_file():
-        write_corpus(data, clips=clips, progress=progress)
+    data = ensure_corpus(out / "corpus", clips, progress)
     rows = []
     for target in kbps:
         flags = {"rate.target_kbps": target, **({"train.steps": steps} if steps is not None else {})}
-        config = resolve("tiny", flags=flags)
-        run = out / "runs" / f"vae-{target:g}kbps"
-        Trainer(config, data, run, progress=progress).run()
-        trained = evaluate_run(run, data, perceptual=True, progress=progress)
-        torch.manual_seed(config.train.seed)
-        untrained = evaluate_model(Codec(config).eval(), config, data, perceptual=False, progress=False)
-        print(f"\n== {run}\n{format_result(trained)}\nmel distance of the same model before training: "
-              f"{untrained['mel_distance']:.4f}")
-        rows.append({"run": str(run), "target_kbps": target, "rate_kbps": trained["rate_kbps"],
-                     "rate_error_percent": trained["rate_error_percent"],
-                     "mel_distance": trained["mel_distance"], "mel_distance_untrained": untrained["mel_distance"],
-                     "si_sdr": trained["si_sdr"]})
+        row, trained = train_and_compare(resolve("tiny", flags=flags), data, out / "runs" / f"vae-{target:g}kbps",
+                                         perceptual=True, progress=progress)
+        print(f"\n== {row['run']}\n{format_result(trained)}\nmel distance of the same model before training: "
+              f"{row['mel_distance_untrained']:.4f}")
+        rows.append(row)
     summary = {"corpus": str(data), "runs": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
