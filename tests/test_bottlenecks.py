@@ -29,7 +29,8 @@ def test_kl_has_the_half_factor():
 
 
 def _gaussian(target_nats=10.0, controller="target"):
-    return GaussianBottleneck(4, build_controller(RateConfig(controller=controller), target_nats), sigma_eps=1e-4)
+    config = RateConfig(controller=controller, scope="batch", edge_frames=1)
+    return GaussianBottleneck(4, build_controller(config, target_nats), sigma_eps=1e-4)
 
 
 def test_gaussian_contract_and_bits():
@@ -44,9 +45,9 @@ def test_gaussian_contract_and_bits():
     assert out.codes is None
     expected_std = torch.nn.functional.softplus(h[:, 4:]) + 1e-4
     assert torch.allclose(out.std, expected_std)
-    # target penalty: weight * (batch-mean KL - target)^2
+    # target penalty: weight * (batch-mean KL of the frames between the edge frames - target)^2
     weight = RateConfig().weight
-    expected = weight * (float(out.kl_nats_per_frame.mean()) - 10.0) ** 2
+    expected = weight * (float(out.kl_nats_per_frame[:, 1:4].mean()) - 10.0) ** 2
     assert float(out.penalty) == pytest.approx(expected, rel=1e-5)
 
 

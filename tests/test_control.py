@@ -24,7 +24,7 @@ def test_pi_controller_on_a_toy_sequence():
     betas = []
     for kl in (20.0, 20.0, 15.0, 5.0):
         with torch.enable_grad():
-            controller(torch.tensor([kl]))
+            controller(torch.tensor([[kl]]))
         betas.append(float(controller.beta))
     # errors 1, 1, 0.5, -0.5 -> integrals 1, 2, 2.5, 2.0
     assert betas == pytest.approx([0.1 + 0.05, 0.1 + 0.1, 0.05 + 0.125, -0.05 + 0.1])
@@ -32,8 +32,11 @@ def test_pi_controller_on_a_toy_sequence():
 
 def test_lagrange_dual_ascent_and_penalty():
     assert Lagrange.step_rule(0.0, 12.0, 10.0, lr=0.5) == pytest.approx(0.1)
+    # A batch 10x over target moves the multiplier by at most lr (the relative error is clipped to 1).
+    assert Lagrange.step_rule(0.0, 100.0, 10.0, lr=0.5) == pytest.approx(0.5)
+    assert Lagrange.step_rule(0.0, 0.0, 10.0, lr=0.5) == pytest.approx(-0.5)
     controller = build_controller(RateConfig(controller="lagrange", lagrange_lr=0.5, weight=2.0), 10.0).train()
-    kl = torch.tensor([12.0], requires_grad=True)
+    kl = torch.tensor([[12.0]], requires_grad=True)
     penalty = controller(kl)
     assert float(penalty) == pytest.approx(0.0 * 2 + 0.5 * 2.0 * 4)  # multiplier was 0 when the penalty was taken
     assert float(controller.multiplier) == pytest.approx(0.1)
@@ -45,11 +48,11 @@ def test_capacity_anneals_and_clip_scope():
     controller = Capacity(RateConfig(controller="capacity", capacity_anneal_steps=4, weight=1.0), 8.0).train()
     assert controller.capacity() == 0.0
     with torch.enable_grad():
-        controller(torch.tensor([1.0, 3.0]))
+        controller(torch.tensor([[1.0], [3.0]]))
     assert controller.capacity() == pytest.approx(2.0)
     clip = build_controller(RateConfig(controller="target", scope="clip", weight=1.0), 2.0)
     batch = build_controller(RateConfig(controller="target", scope="batch", weight=1.0), 2.0)
-    kl = torch.tensor([1.0, 3.0])
+    kl = torch.tensor([[1.0], [3.0]])
     assert float(clip(kl)) == pytest.approx(1.0)   # mean of (1-2)^2 and (3-2)^2
     assert float(batch(kl)) == pytest.approx(0.0)  # (mean 2 - 2)^2
 
@@ -59,3 +62,14 @@ def test_controller_state_is_saved_with_the_model():
     assert {"beta", "integral"} <= set(controller.state_dict())
     with pytest.raises(ValueError, match="target_kbps"):
         build_controller(RateConfig(controller="target"), None)
+
+
+def test_edge_frames_are_left_out_of_the_controlled_kl():
+    kl = torch.tensor([[0.0, 10.0, 10.0, 10.0, 10.0, 0.0], [2.0, 4.0, 4.0, 4.0, 4.0, 2.0]])
+    controller = build_controller(RateConfig(controller="target", scope="batch", weight=1.0, edge_frames=1), 7.0)
+    assert controller.controlled_kl(kl).tolist() == [10.0, 4.0]
+    assert float(controller(kl)) == pytest.approx(0.0)  # batch mean of the interiors is the target
+    everything = build_controller(RateConfig(controller="target", scope="batch", weight=1.0, edge_frames=0), 7.0)
+    assert everything.controlled_kl(kl).tolist() == pytest.approx([20 / 3, 10 / 3])
+    # Too short to drop both edges: every frame counts.
+    assert controller.controlled_kl(kl[:, :2]).tolist() == [5.0, 3.0]

@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--target-kbps", type=float, default=None, help="target bitrate in kbps (vae)")
     train.add_argument("--bottleneck", choices=["vae", "rvq", "ae"], default=None, help="bottleneck type (default vae)")
     train.add_argument("--kl-control", choices=["target", "pi", "lagrange", "fixed", "capacity"], default=None,
-                       help="rate controller for vae (default target: lambda*(KL-KL_target)^2)")
+                       help="rate controller for vae (default lagrange: the target-KL loss plus a multiplier that removes its offset)")
     train.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     train.add_argument("--seed", type=int, default=None, help="random seed")
     train.add_argument("--batch-size", type=int, default=None, help="clips per batch")

@@ -1,7 +1,10 @@
 """KL controllers: the rate-control term added to the loss of a Gaussian bottleneck.
 
-All controllers see the per-clip mean KL ``kl_per_clip`` of shape ``(batch,)`` in nats per frame and
-return a scalar penalty. Their state (multipliers, integrators, step counters) lives in buffers, so it
+All controllers see the KL of every frame, ``(batch, frames)`` in nats per frame, and return a scalar
+penalty. The ``edge_frames`` first and last frames of each training crop are left out of the controlled
+KL: their receptive field reaches into the crop's zero padding, so they are cheaper than the same audio
+in the middle of a clip, and a crop of 16 frames would otherwise under-report the rate of long audio by
+several percent (the held-out rate is measured on whole clips). Their state (multipliers, integrators, step counters) lives in buffers, so it
 is saved with the model weights and a resumed run continues with the same controller state.
 
 - ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
@@ -29,14 +32,25 @@ from targetkl.config import RateConfig
 
 
 class KLController(nn.Module):
-    """Base class. ``forward(kl_per_clip)`` returns the penalty and updates state when training."""
+    """Base class. ``forward(kl_per_frame)`` returns the penalty and updates state when training."""
 
     name = "base"
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__()
         self.scope = config.scope
+        self.edge_frames = config.edge_frames
         self.target = float(target_nats) if target_nats is not None else None
+
+    def controlled_kl(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
+        """``(B, F)`` nats per frame -> ``(B,)`` per-clip mean over the frames away from the crop edges.
+
+        When a crop is too short to drop ``2 * edge_frames`` frames and keep some, every frame counts.
+        """
+        frames = kl_per_frame.shape[-1]
+        if self.edge_frames > 0 and frames > 2 * self.edge_frames:
+            kl_per_frame = kl_per_frame[:, self.edge_frames: frames - self.edge_frames]
+        return kl_per_frame.mean(dim=1)
 
     def _per_scope(self, kl_per_clip: torch.Tensor) -> torch.Tensor:
         """``(batch,)`` -> the quantity controlled: ``(1,)`` batch mean or ``(batch,)`` per clip."""
@@ -54,7 +68,8 @@ class KLController(nn.Module):
     def metrics(self) -> dict[str, float]:
         return {}
 
-    def forward(self, kl_per_clip: torch.Tensor) -> torch.Tensor:
+    def forward(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
+        kl_per_clip = self.controlled_kl(kl_per_frame)
         value = self.penalty(self._per_scope(kl_per_clip))
         if self.training and torch.is_grad_enabled():
             self.update(float(kl_per_clip.detach().mean()))
@@ -166,8 +181,12 @@ class Lagrange(KLController):
 
     @staticmethod
     def step_rule(multiplier: float, batch_kl: float, target: float, lr: float) -> float:
-        """Dual ascent on the relative violation: ``lambda + lr * (KL - target) / target``."""
-        return multiplier + lr * (batch_kl - target) / target
+        """Dual ascent on the relative violation: ``lambda + lr * clip((KL - target) / target, -1, 1)``.
+
+        The clip bounds how far one early batch (an untrained encoder can be 10x off target) moves the
+        multiplier, so the start of training does not wind it up.
+        """
+        return multiplier + lr * min(max((batch_kl - target) / target, -1.0), 1.0)
 
     def update(self, batch_kl: float) -> None:
         self.multiplier.fill_(self.step_rule(float(self.multiplier), batch_kl, self.target, self.lr))

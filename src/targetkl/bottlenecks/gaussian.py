@@ -46,7 +46,7 @@ class GaussianBottleneck(Bottleneck):
         mean, std = self.posterior(h)
         z = mean + std * torch.randn_like(mean) if self.training else mean
         kl = gaussian_kl(mean, std)
-        penalty = self.controller(kl.mean(dim=1))
+        penalty = self.controller(kl)
         metrics = {"latent/mean_std": float(mean.detach().std()), "latent/posterior_std": float(std.detach().mean()),
                    **self.controller.metrics()}
         return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=kl / LN2, codes=None, penalty=penalty,
