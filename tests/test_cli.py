@@ -8,7 +8,7 @@ import soundfile as sf
 
 from targetkl.cli import build_parser, main
 
-SUBCOMMANDS = ["demo", "corpus", "train", "eval", "encode", "decode"]
+SUBCOMMANDS = ["demo", "corpus", "train", "eval", "encode", "decode", "compress", "decompress"]
 
 
 def test_help_for_every_subcommand(capsys):
@@ -98,3 +98,23 @@ def test_latents_from_another_model_are_refused(trained_run, small_corpus, tmp_p
 def test_parser_defaults_leave_saved_config_alone():
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
     assert args.target_kbps is None and args.steps is None and args.preset is None
+
+
+def test_compress_cli_writes_the_rates_and_refuses_a_damaged_file(trained_run, small_corpus, tmp_path, capsys):
+    run = trained_run
+    clip = next(iter(sorted((small_corpus / "clips").glob("*.wav"))))
+    out = tmp_path / "a.tkl"
+    assert main(["compress", str(run), str(clip), str(out), "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert {"kl_kbps", "payload_kbps", "file_kbps"} <= set(report)
+    seconds = sf.info(str(clip)).duration
+    assert report["file_kbps"] == pytest.approx(8 * out.stat().st_size / seconds / 1000)
+    assert report["payload_kbps"] < report["file_kbps"]
+    assert main(["decompress", str(run), str(out), str(tmp_path / "a.wav")]) == 0
+    assert sf.info(str(tmp_path / "a.wav")).frames == sf.info(str(clip)).frames
+    out.write_bytes(out.read_bytes()[:-7])
+    capsys.readouterr()
+    assert main(["decompress", str(run), str(out), str(tmp_path / "b.wav")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and "a.tkl" in error and "\n" not in error
+    assert not (tmp_path / "b.wav").exists()

@@ -108,6 +108,29 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from targetkl.bitstream import compress_file
+    from targetkl.runs import load_run
+
+    run = load_run(args.run)
+    report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs)
+    print(f"wrote {args.output}: {report['file_bytes']} bytes for {report['seconds']:.2f} s; KL rate "
+          f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, file {report['file_kbps']:.3f} kbps; "
+          f"mel distance {report['mel_distance']:.4f} (plain decode of the mean: {report['mel_distance_mean_decode']:.4f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from targetkl.bitstream import decompress_file
+    from targetkl.runs import load_run
+
+    info = decompress_file(load_run(args.run).model, args.input, args.output)
+    print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from targetkl.demo import run_demo
 
@@ -179,21 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
 
-    encode = sub.add_parser("encode", help="audio file to a latent file (safetensors)",
-                            description="Encode IN (any audio file) with RUN's encoder; the latent file holds the "
-                                        "posterior mean (and std), sample rate, frame rate and length.")
-    encode.add_argument("run")
-    encode.add_argument("input", help="audio file")
-    encode.add_argument("output", help="latent file to write (.safetensors)")
-    encode.set_defaults(func=cmd_encode)
-
-    decode = sub.add_parser("decode", help="latent file back to a wav file",
-                            description="Decode a latent file written by `targetkl encode` with the same RUN.")
-    decode.add_argument("run")
-    decode.add_argument("input", help="latent file (.safetensors)")
-    decode.add_argument("output", help="wav file to write")
-    decode.set_defaults(func=cmd_decode)
+    _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
+                  "Encode IN (any audio file) with RUN's encoder; the latent file holds the posterior mean (and std), "
+                  "sample rate, frame rate and length.", "audio file", "latent file to write (.safetensors)")
+    _file_command(sub, "decode", cmd_decode, "latent file back to a wav file",
+                  "Decode a latent file written by `targetkl encode` with the same RUN.",
+                  "latent file (.safetensors)", "wav file to write")
+    compress = _file_command(sub, "compress", cmd_compress, "audio file to a .tkl bitstream (entropy-coded VAE latent)",
+                             "Quantize RUN's posterior mean with a per-channel step tied to the posterior std and "
+                             "range-code it under the N(0, 1) prior, into a .tkl file whose size matches the KL rate. "
+                             "Prints the KL, payload and file rates in kbps.", "audio file", ".tkl file to write")
+    compress.add_argument("--json", help="also write the report (kl_kbps, payload_kbps, file_kbps, distortion) here")
+    _file_command(sub, "decompress", cmd_decompress, ".tkl bitstream back to a wav file",
+                  "Decode a .tkl file written by `targetkl compress` with the same RUN; a damaged file or one from "
+                  "another model is refused.", ".tkl file", "wav file to write")
     return parser
+
+
+def _file_command(sub, name: str, func, help_text: str, description: str, input_help: str,
+                  output_help: str) -> argparse.ArgumentParser:
+    """A ``targetkl NAME RUN INPUT OUTPUT`` subcommand."""
+    command = sub.add_parser(name, help=help_text, description=description)
+    command.add_argument("run", help="run folder")
+    command.add_argument("input", help=input_help)
+    command.add_argument("output", help=output_help)
+    command.set_defaults(func=func)
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:

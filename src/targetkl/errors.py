@@ -1,9 +1,11 @@
 """The exceptions that mean "bad input": the CLI prints their one-line message instead of a traceback."""
 
+from targetkl.bitstream import BitstreamError
 from targetkl.config import ConfigError
 from targetkl.data.audio import DataError
 from targetkl.latents import LatentFileError
 from targetkl.train.checkpoint import CheckpointError
 from targetkl.train.trainer import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, BitstreamError,
+               FileNotFoundError)

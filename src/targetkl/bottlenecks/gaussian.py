@@ -13,13 +13,18 @@ from targetkl.control import KLController
 LN2 = math.log(2.0)
 
 
-def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, std^2) || N(0, 1)) summed over channels: ``(B, D, F) -> (B, F)`` nats per frame.
+def gaussian_kl_per_value(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(0, 1)) of each value, nats, same shape as ``mean``.
 
-    ``0.5 * sum_c (mean^2 + std^2 - ln std^2 - 1)``; the 0.5 is part of the KL.
+    ``0.5 * (mean^2 + std^2 - ln std^2 - 1)``; the 0.5 is part of the KL.
     """
     variance = std.pow(2)
-    return 0.5 * (mean.pow(2) + variance - torch.log(variance) - 1.0).sum(dim=1)
+    return 0.5 * (mean.pow(2) + variance - torch.log(variance) - 1.0)
+
+
+def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL to the standard normal summed over channels: ``(B, D, F) -> (B, F)`` nats per frame."""
+    return gaussian_kl_per_value(mean, std).sum(dim=1)
 
 
 class GaussianBottleneck(Bottleneck):

@@ -80,16 +80,20 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def loudness_gain(audio: np.ndarray, target_dbfs: float) -> float:
+    """The gain that brings ``audio`` to ``target_dbfs`` RMS with its peak below 0.99; 1 for silence."""
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if len(audio) else 0.0
+    if rms < SILENCE_RMS:
+        return 1.0
+    gain = 10 ** (target_dbfs / 20) / rms
+    peak = float(np.max(np.abs(audio))) * gain
+    return gain * (0.99 / peak) if peak > 0.99 else gain
+
+
 def normalize_loudness(audio: np.ndarray, target_dbfs: float) -> np.ndarray:
     """Scale to ``target_dbfs`` RMS, then down so the peak stays below 0.99. Silence is left as it is."""
-    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
-    if rms < SILENCE_RMS:
-        return audio
-    audio = audio * (10 ** (target_dbfs / 20) / rms)
-    peak = float(np.max(np.abs(audio)))
-    if peak > 0.99:
-        audio = audio * (0.99 / peak)
-    return audio.astype(np.float32)
+    gain = loudness_gain(audio, target_dbfs)
+    return audio if gain == 1.0 else (audio * gain).astype(np.float32)
 
 
 def read_captions(root: Path) -> tuple[dict[str, dict], list[str]]:
