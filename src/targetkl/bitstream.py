@@ -14,17 +14,17 @@ prior ``N(0, 1)`` integrated over each bin of width ``step_c``, and decodes ``z 
 Why this step: in the high-resolution regime a bin of width ``step`` under a density ``p`` costs
 ``-ln(p(mu) * step)`` nats, ``0.5 mu^2 + 0.5 ln(2 pi) - ln step``, while the KL the model was trained
 to spend is ``0.5 mu^2 + 0.5 sigma^2 - ln sigma - 0.5``. For ``sigma << 1`` the two agree when
-``step = sqrt(2 pi e) sigma``, so the file costs what the KL promised; at low rates the bins are as wide as the prior,
-the approximation overspends (by 11% at 0.5 kbps on the demo corpus), and ``g_c`` corrects it. Uniform quantization with that
-step adds latent noise of variance ``step^2 / 12 = 1.42 sigma^2``, a little more than the ``sigma^2``
+``step = sqrt(2 pi e) sigma``, so the file costs what the KL promised; at low rates the bins are as
+wide as the prior, the approximation overspends (by 11% at 0.5 kbps on the demo corpus), and ``g_c``
+corrects it. Uniform quantization with that step adds latent noise of variance ``step^2 / 12 = 1.42 sigma^2``, a little more than the ``sigma^2``
 the decoder saw in training; the report gives the resulting distortion against the plain decode of the
 mean. Channels the model does not use (``sigma ~ 1``) get a step near 4, almost all their symbols are 0,
 and they cost almost nothing, as their KL does.
 
 File layout (little endian): the fixed header ``HEADER`` (magic ``TKL1``, format version, sample rate,
 hop, frame rate, length in samples, the loudness gain applied before encoding (the model was
-trained on audio at ``data.loudness_dbfs``; decompression divides it out), latent channels, frames, largest symbol magnitude, 8-byte model
-fingerprint, payload length in 32-bit words), ``latent_dim`` float16 steps, the payload words, and a
+trained on audio at ``data.loudness_dbfs``; decompression divides it out), latent channels, frames,
+largest symbol magnitude, 8-byte model fingerprint, payload length in 32-bit words), ``latent_dim`` float16 steps, the payload words, and a
 CRC-32 of everything before it. A short, damaged or foreign file is refused with ``BitstreamError``.
 """
 
@@ -45,8 +45,9 @@ from targetkl import rate
 from targetkl.data import load_audio
 from targetkl.data.audio import loudness_gain
 from targetkl.eval.metrics import clip_metrics
-from targetkl.models.codec import Codec, model_fingerprint
 from targetkl.bottlenecks.gaussian import gaussian_kl_per_value
+from targetkl.models.codec import Codec, model_fingerprint
+from targetkl.train.checkpoint import write_bytes_atomic
 
 MAGIC = b"TKL1"
 VERSION = 1
@@ -118,6 +119,17 @@ def _symbol_scales(steps: np.ndarray, frames: int) -> np.ndarray:
     return np.repeat(1.0 / steps.astype(np.float64), frames)
 
 
+def _dequantize(symbols: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
+    """``(D, F)`` integer symbols times the per-channel steps -> latent ``(D, F)`` float32."""
+    return (symbols.double() * torch.from_numpy(steps.astype(np.float64))[:, None]).float()
+
+
+def _decode_latent(model: Codec, latent: torch.Tensor, num_samples: int, gain: float) -> np.ndarray:
+    """``(D, F)`` latent -> ``(num_samples,)`` audio at the input's loudness (the encode gain divided out)."""
+    model.eval()
+    return model.decode(latent[None])[0, 0, :num_samples].float().numpy() / gain
+
+
 def _fingerprint_bytes(model: Codec) -> bytes:
     return bytes.fromhex(model_fingerprint(model))
 
@@ -172,8 +184,7 @@ def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float) -> tuple[byt
                              "codes are written by `targetkl encode`")
     mean, std = encoded.mean[0].double(), encoded.std[0].double()
     steps = rate_matched_steps(mean, std, gaussian_kl_per_value(mean, std))
-    step_values = torch.from_numpy(steps.astype(np.float64))[:, None]
-    symbols = torch.round(mean / step_values).to(torch.int64)
+    symbols = torch.round(mean / torch.from_numpy(steps.astype(np.float64))[:, None]).to(torch.int64)
     max_symbol = max(1, int(symbols.abs().max()))
     if max_symbol >= 2 ** 16:
         raise BitstreamError("latent values too large for the .tkl symbol range; is this a trained vae run?")
@@ -184,7 +195,7 @@ def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float) -> tuple[byt
     payload = encoder.get_compressed().astype(np.uint32)
     header = TklHeader(model.sample_rate, model.hop, float(model.frame_rate), len(audio), gain, model.latent_dim, frames,
                        max_symbol, _fingerprint_bytes(model), int(payload.size))
-    details = {"symbols": symbols.to(torch.int32), "z": (symbols.double() * step_values).float(),
+    details = {"symbols": symbols.to(torch.int32), "z": _dequantize(symbols, steps),
                "mean": mean.float(), "gain": gain, "kl_bits_per_frame": float(encoded.bits_per_frame.double().mean())}
     return pack(header, steps, payload), details
 
@@ -205,17 +216,14 @@ def read_symbols(model: Codec, data: bytes, source: str = "<bytes>") -> tuple[Tk
     except (ValueError, RuntimeError, OverflowError) as error:
         raise BitstreamError(f"{source}: the payload does not decode ({error}); compress the audio again") from error
     symbols = torch.from_numpy(np.asarray(flat, dtype=np.int32).reshape(header.latent_dim, header.frames))
-    z = (symbols.double() * torch.from_numpy(steps.astype(np.float64))[:, None]).float()
-    return header, symbols, z
+    return header, symbols, _dequantize(symbols, steps)
 
 
 @torch.no_grad()
 def decompress(model: Codec, data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, TklHeader]:
     """``.tkl`` bytes -> ``(audio (samples,) float32, header)``."""
     header, _, z = read_symbols(model, data, source)
-    model.eval()
-    audio = model.decode(z[None])[0, 0, : header.num_samples].float().numpy() / header.gain
-    return audio, header
+    return _decode_latent(model, z, header.num_samples, header.gain), header
 
 
 @torch.no_grad()
@@ -229,14 +237,12 @@ def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, lo
     audio = load_audio(audio_path, model.sample_rate)
     data, details = compress(model, audio, loudness_dbfs)
     out_path = Path(out_path)
-    temporary = out_path.with_name(out_path.name + ".partial")
-    temporary.write_bytes(data)
-    temporary.replace(out_path)
+    write_bytes_atomic(out_path, data)
     header, symbols, z = read_symbols(model, data, str(out_path))
     if not torch.equal(symbols, details["symbols"]):
         raise BitstreamError(f"{out_path}: symbols did not survive the round trip; please report this as a bug")
-    decompressed = model.decode(z[None])[0, 0, : len(audio)].float().numpy() / details["gain"]
-    mean_decoded = model.decode(details["mean"][None])[0, 0, : len(audio)].float().numpy() / details["gain"]
+    decompressed = _decode_latent(model, z, len(audio), details["gain"])
+    mean_decoded = _decode_latent(model, details["mean"], len(audio), details["gain"])
     seconds = len(audio) / model.sample_rate
     payload_bits = 32 * header.payload_words
     vs_input = clip_metrics(audio, decompressed, model.sample_rate, perceptual=False)

@@ -1,11 +1,13 @@
 """KL controllers: the rate-control term added to the loss of a Gaussian bottleneck.
 
 All controllers see the KL of every frame, ``(batch, frames)`` in nats per frame, and return a scalar
-penalty. The ``edge_frames`` first and last frames of each training crop are left out of the controlled
-KL: their receptive field reaches into the crop's zero padding, so they are cheaper than the same audio
-in the middle of a clip, and a crop of 16 frames would otherwise under-report the rate of long audio by
-several percent (the held-out rate is measured on whole clips). Their state (multipliers, integrators, step counters) lives in buffers, so it
-is saved with the model weights and a resumed run continues with the same controller state.
+penalty. Their state (multipliers, integrators, step counters) lives in buffers, so it is saved with
+the model weights and a resumed run continues with the same controller state.
+
+The ``edge_frames`` first and last frames of each training crop are left out of the controlled KL:
+their receptive field reaches into the crop's zero padding, so they are cheaper than the same audio in
+the middle of a clip, and a crop of 16 frames would otherwise under-report the rate of long audio by
+several percent (the held-out rate is measured on whole clips).
 
 - ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
 - ``target``:   ``weight * (KL - KL_target)^2`` -- the target-KL loss. With a fixed weight it settles
