@@ -29,7 +29,7 @@ def test_kl_has_the_half_factor():
 
 
 def _gaussian(target_nats=10.0, controller="target"):
-    config = RateConfig(controller=controller, scope="batch", edge_frames=1)
+    config = RateConfig(controller=controller, scope="batch", edge_frames=1, free_steps=0, warmup_steps=0)
     return GaussianBottleneck(4, build_controller(config, target_nats), sigma_eps=1e-4)
 
 

@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from targetkl.config import RateConfig
+from targetkl.config import RateConfig as DefaultRateConfig
 from targetkl.control import Capacity, Lagrange, PIController, build_controller
+
+
+def RateConfig(**values) -> DefaultRateConfig:
+    """Rate settings with the penalty at full weight from the first forward, for update-rule checks."""
+    return DefaultRateConfig(**{"free_steps": 0, "warmup_steps": 0, **values})
 
 
 def test_pi_rule_integrates_and_clamps_without_windup():
@@ -73,3 +78,22 @@ def test_edge_frames_are_left_out_of_the_controlled_kl():
     assert everything.controlled_kl(kl).tolist() == pytest.approx([20 / 3, 10 / 3])
     # Too short to drop both edges: every frame counts.
     assert controller.controlled_kl(kl[:, :2]).tolist() == [5.0, 3.0]
+
+
+def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight():
+    controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
+                                                    warmup_steps=4, edge_frames=0), 10.0).train()
+    kl = torch.tensor([[12.0]], requires_grad=True)
+    penalties, multipliers = [], []
+    for _ in range(8):
+        penalties.append(float(controller(kl)))
+        multipliers.append(float(controller.multiplier))
+    full = 0.5 * 2.0 * 4  # weight/2 * (12 - 10)^2
+    assert penalties[:6] == pytest.approx([0, 0, 0, full / 4, full / 2, 3 * full / 4])
+    assert multipliers[:6] == [0.0] * 6
+    assert penalties[6] == pytest.approx(full) and multipliers[6] == pytest.approx(0.1)
+    assert penalties[7] == pytest.approx(0.1 * 2 + full)
+    controller.eval()
+    with torch.no_grad():
+        controller(kl)
+    assert int(controller.forwards) == 8

@@ -140,6 +140,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_list(text: str, option: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from targetkl.eval.report import rate_rows
+    from targetkl.eval.sweep import run_sweep
+
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    rows, sweep = run_sweep(args.data, args.out, _float_list(args.kbps, "--kbps"), baselines,
+                            preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
+                            betas=tuple(_float_list(args.betas, "--betas")),
+                            ae_widths=tuple(int(w) for w in _float_list(args.ae_widths, "--ae-widths")),
+                            perceptual=not args.fast, progress=not args.quiet)
+    print(f"{'system':<8} {'point':<10} {'target':>8} {'measured':>9} {'mel':>7} {'si_sdr':>8}")
+    for row in rate_rows(rows):
+        target = f"{row['target_kbps']:.3f}" if row.get("target_kbps") else "-"
+        print(f"{row['system']:<8} {row['label']:<10} {target:>8} {row['rate_kbps']:>9.3f} "
+              f"{row['mel_distance']:>7.3f} {row['si_sdr']:>8.2f}")
+    print(f"trained {len(sweep.trained)} run(s) now, reused the rest; wrote rd.csv, rd.json, rd.png and "
+          f"report.html in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="targetkl",
@@ -201,6 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(func=cmd_eval)
+
+    sweep = sub.add_parser("sweep", help="rate-distortion sweep: target-KL VAEs vs RVQ, fixed beta, AE and classic codecs",
+                           description="Train (or reuse) one target-KL VAE per bitrate and the chosen baselines, "
+                                       "evaluate all of them on the same held-out clips, and write SWEEP/rd.csv, "
+                                       "rd.json, rd.png and report.html. An interrupted sweep continues where it "
+                                       "stopped; finished runs are never retrained.")
+    sweep.add_argument("--data", required=True, help="folder of audio (captions optional)")
+    sweep.add_argument("--out", required=True, help="sweep folder")
+    sweep.add_argument("--kbps", default="0.5,1,2,4,8", help="target bitrates in kbps (default: 0.5,1,2,4,8)")
+    sweep.add_argument("--baselines", default="rvq,beta,ae,opus,mp3,codec2",
+                       help="any of rvq (matched bitrates), beta (fixed KL weights), ae (plain autoencoders), "
+                            "opus, mp3, codec2 (default: all)")
+    sweep.add_argument("--betas", default="1e-4,1e-3,1e-2,1e-1", help="KL weights of the beta baseline")
+    sweep.add_argument("--ae-widths", default="2,4,8", help="latent widths of the autoencoder baseline")
+    _add_config_arguments(sweep)
+    sweep.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(func=cmd_sweep)
 
     _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
                   "Encode IN (any audio file) with RUN's encoder; the latent file holds the posterior mean (and std), "

@@ -20,6 +20,11 @@ several percent (the held-out rate is measured on whole clips).
                 dual ascent ``lambda_t += lr * c / KL_target``: the multiplier absorbs the steady push of
                 the reconstruction loss, so the constraint is met without offset (GECO-style).
 
+Every controller's penalty is off for the first ``free_steps`` training forwards (optimizer steps times
+``train.grad_accum``) and ramps in linearly over ``warmup_steps``; feedback state does not move until
+the penalty is at full weight. An autoencoder-like start lets the decoder learn to use the latent
+before the rate is squeezed; pressed from step 0, the tiny model's decoder ignored its latent.
+
 ``scope='batch'`` controls the batch-mean KL (an average bitrate); ``scope='clip'`` applies the
 penalty to each clip's mean KL and averages (every clip near the same bitrate). The feedback state of
 ``pi`` and ``lagrange`` always follows the batch mean.
@@ -43,6 +48,19 @@ class KLController(nn.Module):
         self.scope = config.scope
         self.edge_frames = config.edge_frames
         self.target = float(target_nats) if target_nats is not None else None
+        self.free_steps = config.free_steps
+        self.warmup_steps = config.warmup_steps
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
+
+    def ramp(self) -> float:
+        """Weight of the penalty: 0 for the first ``free_steps`` training forwards, then rising linearly to 1
+        over ``warmup_steps``."""
+        past = float(self.forwards) - self.free_steps
+        if past < 0:
+            return 0.0
+        if self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, past / self.warmup_steps)
 
     def controlled_kl(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` nats per frame -> ``(B,)`` per-clip mean over the frames away from the crop edges.
@@ -72,9 +90,12 @@ class KLController(nn.Module):
 
     def forward(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         kl_per_clip = self.controlled_kl(kl_per_frame)
-        value = self.penalty(self._per_scope(kl_per_clip))
+        ramp = self.ramp()
+        value = ramp * self.penalty(self._per_scope(kl_per_clip))
         if self.training and torch.is_grad_enabled():
-            self.update(float(kl_per_clip.detach().mean()))
+            if ramp >= 1.0:
+                self.update(float(kl_per_clip.detach().mean()))
+            self.forwards += 1
         return value
 
 

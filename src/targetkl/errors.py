@@ -3,9 +3,11 @@
 from targetkl.bitstream import BitstreamError
 from targetkl.config import ConfigError
 from targetkl.data.audio import DataError
+from targetkl.eval.classic import CodecToolError
+from targetkl.eval.sweep import SweepError
 from targetkl.latents import LatentFileError
 from targetkl.train.checkpoint import CheckpointError
 from targetkl.train.trainer import TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, BitstreamError,
-               FileNotFoundError)
+               CodecToolError, SweepError, FileNotFoundError)

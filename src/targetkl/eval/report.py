@@ -1,0 +1,146 @@
+"""Write a sweep's results: ``rd.csv``, ``rd.json``, ``rd.png`` and ``report.html``.
+
+``rd.png`` has one panel per metric (distortion against measured kbps on a log axis, one line per
+system). Plain autoencoders have no honest bitrate, so they appear in their own table of latent values
+per second, never on the kbps axis.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
+
+METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
+HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
+COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "latent_values_per_second",
+           *METRICS, "run")
+SYSTEM_NAMES = {"vae": "target-KL VAE", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
+                "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
+
+
+def _has_value(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def rate_rows(rows: list[dict]) -> list[dict]:
+    """Rows that have a measured bitrate (everything but the plain autoencoders)."""
+    return [r for r in rows if _has_value(r.get("rate_kbps"))]
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if not _has_value(row.get(k)) else row.get(k)) for k in COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
+
+
+def plot_rate_distortion(rows: list[dict]) -> bytes:
+    """PNG bytes: one panel per metric that has values, distortion vs measured kbps (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rated = rate_rows(rows)
+    metrics = [m for m in METRICS if any(_has_value(r.get(m)) for r in rated)]
+    columns = min(3, max(1, len(metrics)))
+    lines = math.ceil(len(metrics) / columns) if metrics else 1
+    figure, axes = plt.subplots(lines, columns, figsize=(5 * columns, 3.8 * lines), squeeze=False)
+    systems = list(dict.fromkeys(r["system"] for r in rated))
+    for axis, metric in zip(axes.flat, metrics):
+        for system in systems:
+            points = sorted((r["rate_kbps"], r[metric]) for r in rated
+                            if r["system"] == system and _has_value(r.get(metric)))
+            if points:
+                style = "o-" if system != "beta" else "s--"
+                axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system), linewidth=2 if system == "vae" else 1)
+        axis.set_xscale("log")
+        axis.set_xlabel("measured rate (kbps, held-out)")
+        better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
+        axis.set_title(f"{metric} ({better})")
+        axis.grid(True, which="both", alpha=0.3)
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.axis("off")
+    if metrics:
+        axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _format(value, digits: int = 3) -> str:
+    if not _has_value(value):
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_format(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _players(rows: list[dict], originals: list[str], out: Path) -> str:
+    def audio(path: str) -> str:
+        relative = os.path.relpath(path, out)
+        return f'<audio controls preload="metadata" src="{html.escape(relative)}"></audio>'
+
+    head = "<th>system</th><th>point</th>" + "".join(f"<th>clip {i}</th>" for i in range(len(originals)))
+    lines = ["<tr><td>original</td><td></td>" + "".join(f"<td>{audio(p)}</td>" for p in originals) + "</tr>"]
+    for row in rows:
+        cells = "".join(f"<td>{audio(p)}</td>" for p in row.get("audio") or [])
+        lines.append(f"<tr><td>{html.escape(SYSTEM_NAMES.get(row['system'], row['system']))}</td>"
+                     f"<td>{html.escape(row['label'])}</td>{cells}</tr>")
+    return f"<table class='audio'><thead><tr>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}
+td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #ddd}audio{width:180px}"""
+
+# Marks the body once the plot has loaded, so a headless browser can check the page rendered.
+CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
+  var plot = document.getElementById('rd');
+  document.body.dataset.plot = plot.complete && plot.naturalWidth > 0 ? 'loaded' : 'missing';
+});</script>"""
+
+
+def render_html(rows: list[dict], originals: list[str], out: Path, title: str) -> str:
+    rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
+    rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", *METRICS)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+             "<p>Every number is measured on the same held-out clips. Learned codecs: rate = KL (VAE) or "
+             "n&nbsp;&times;&nbsp;log2(K) bits per frame (RVQ); classic codecs: payload bytes.</p>",
+             "<h2>Rate&ndash;distortion</h2><img id='rd' src='rd.png' alt='rate-distortion plot'>",
+             "<h2>Systems with a bitrate</h2>", _table(rated, rate_columns)]
+    if autoencoders:
+        parts += ["<h2>Plain autoencoders (no honest bitrate: float latents)</h2>",
+                  _table(autoencoders, ("system", "label", "latent_values_per_second", *METRICS))]
+    parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out), CHECK_SCRIPT,
+              "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(out: Path, rows: list[dict], originals: list[str], preset: str, data: str) -> None:
+    """Write ``rd.csv``, ``rd.json``, ``rd.png`` and ``report.html`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    public = [{k: v for k, v in r.items() if k != "perceptual"} for r in rows]
+    write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
+    write_csv(out / "rd.csv", public)
+    write_bytes_atomic(out / "rd.png", plot_rate_distortion(public))
+    title = f"targetkl rate-distortion sweep ({preset} preset, data {data})"
+    write_text_atomic(out / "report.html", render_html(public, originals, out, title))

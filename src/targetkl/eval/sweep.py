@@ -1,0 +1,237 @@
+"""The rate-distortion sweep: one target-KL VAE per bitrate against RVQ, fixed-beta, latent-width and
+classic-codec baselines, all measured on the same held-out clips.
+
+Layout of a sweep folder::
+
+    SWEEP/runs/<system>-<label>/      a training run (reused when finished, resumed when interrupted)
+    SWEEP/runs/<system>-<label>/sweep_eval.json   its evaluation (reused when the run has not changed)
+    SWEEP/classic/<codec>-<setting>.json          a classic codec's evaluation
+    SWEEP/audio/<system>-<label>/clipN.wav        decoded examples; SWEEP/audio/original/clipN.wav
+    SWEEP/rd.csv, rd.json, rd.png, report.html    written by ``targetkl.eval.report``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from targetkl.config import Config, resolve
+from targetkl.data import AudioClip, load_folder
+from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
+from targetkl.eval.evaluate import evaluate_run
+from targetkl.eval.measure import reconstruct
+from targetkl.eval.metrics import clip_metrics, mean_metrics
+from targetkl.eval.report import METRICS, write_report
+from targetkl.runs import load_run
+from targetkl.train.checkpoint import latest_checkpoint, write_text_atomic
+from targetkl.train.trainer import Trainer
+
+TRAINED_SYSTEMS = ("vae", "rvq", "beta", "ae")
+BASELINES = ("rvq", "beta", "ae", *CLASSIC_CODECS)
+DEFAULT_BETAS = (1e-4, 1e-3, 1e-2, 1e-1)
+DEFAULT_AE_WIDTHS = (2, 4, 8)
+RVQ_MAX_CODEBOOK_BITS = 10
+
+
+class SweepError(ValueError):
+    """A sweep request that cannot work; the message says which value and what to do."""
+
+
+@dataclass
+class SweepPoint:
+    """One system at one operating point.
+
+    ``flags`` are the config overrides of a trained point (``section.key -> value``); ``setting`` is a
+    classic codec's setting. ``target_kbps`` is the rate asked for (``None`` for a fixed beta or a
+    plain autoencoder, whose rate nobody chose).
+    """
+
+    system: str
+    label: str
+    target_kbps: float | None
+    flags: dict[str, object] = field(default_factory=dict)
+    setting: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.system}-{self.label}"
+
+
+def rvq_layout(kbps: float, frame_rate: float) -> tuple[int, int]:
+    """``(n_codebooks, codebook_size)`` whose rate ``n * log2(K) * frame_rate`` is exactly ``kbps``.
+
+    Prefers the largest codebook of at most ``2**10`` entries that divides the bits per frame evenly.
+    """
+    bits = kbps * 1000 / frame_rate
+    for codebook_bits in range(RVQ_MAX_CODEBOOK_BITS, 0, -1):
+        codebooks = bits / codebook_bits
+        if abs(codebooks - round(codebooks)) < 1e-9 and round(codebooks) >= 1:
+            return int(round(codebooks)), 2 ** codebook_bits
+    raise SweepError(f"{kbps:g} kbps is {bits:g} bits per {frame_rate:g} Hz frame, which no whole number of "
+                     f"codebooks of 2..{2 ** RVQ_MAX_CODEBOOK_BITS} entries spends; choose a rate that is a whole "
+                     "number of bits per frame for the RVQ baseline")
+
+
+def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas: tuple[float, ...] = DEFAULT_BETAS,
+               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS) -> list[SweepPoint]:
+    """Every point of a sweep, in the order they are run: target-KL VAEs first, then the baselines."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise SweepError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    if not kbps or any(not (k > 0 and math.isfinite(k)) for k in kbps):
+        raise SweepError(f"--kbps must list positive bitrates, got {kbps}")
+    points = [SweepPoint("vae", f"{k:g}kbps", k, {"model.bottleneck": "vae", "rate.target_kbps": k}) for k in kbps]
+    for baseline in baselines:
+        if baseline == "rvq":
+            for k in kbps:
+                codebooks, size = rvq_layout(k, frame_rate)
+                points.append(SweepPoint("rvq", f"{k:g}kbps", k, {
+                    "model.bottleneck": "rvq", "model.rvq_codebooks": codebooks, "model.rvq_codebook_size": size}))
+        elif baseline == "beta":
+            points += [SweepPoint("beta", f"{b:g}", None, {"model.bottleneck": "vae", "rate.controller": "fixed",
+                                                            "rate.beta": b}) for b in betas]
+        elif baseline == "ae":
+            points += [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w})
+                       for w in ae_widths]
+        else:
+            codec = CLASSIC_CODECS[baseline]
+            points += [SweepPoint(baseline, setting, codec.nominal_kbps(setting), setting=setting)
+                       for setting in codec.settings]
+    return points
+
+
+def check_tools(baselines: list[str]) -> None:
+    """Fail before any training when a classic codec's tool is missing."""
+    for baseline in baselines:
+        if baseline in CLASSIC_CODECS:
+            CLASSIC_CODECS[baseline].check_tools()
+
+
+def _write_examples(folder: Path, clips: list[np.ndarray], sample_rate: int) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, audio in enumerate(clips):
+        path = folder / f"clip{index}.wav"
+        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64), -1, 1), sample_rate, subtype="PCM_16")
+        paths.append(str(path))
+    return paths
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Sweep:
+    """Runs a planned sweep in ``out``; every finished point is kept, so running again continues."""
+
+    def __init__(self, data: str | Path, out: str | Path, preset: str = "tiny", config_files: list[str] | None = None,
+                 assignments: list[str] | None = None, perceptual: bool = True, example_clips: int = 3,
+                 progress: bool = True):
+        self.data, self.out = Path(data), Path(out)
+        self.preset, self.files, self.assignments = preset, list(config_files or []), list(assignments or [])
+        self.perceptual, self.progress = perceptual, progress
+        self.base = resolve(preset, self.files, self.assignments)
+        self.held_out: list[AudioClip] = load_folder(
+            self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
+            self.base.data.loudness_dbfs, progress=False).clips
+        self.example_clips = self.held_out[:example_clips]
+        self.trained: list[str] = []
+
+    def config_for(self, point: SweepPoint) -> Config:
+        return resolve(self.preset, self.files, self.assignments, flags=point.flags)
+
+    def originals(self) -> list[str]:
+        return _write_examples(self.out / "audio" / "original", [c.audio for c in self.example_clips],
+                               self.base.model.sample_rate)
+
+    def run_point(self, point: SweepPoint) -> dict:
+        if point.setting is not None:
+            return self._classic(point)
+        return self._trained(point)
+
+    def _trained(self, point: SweepPoint) -> dict:
+        config = self.config_for(point)
+        run = self.out / "runs" / point.name
+        cache = run / "sweep_eval.json"
+        finished = self._finished_step(run) == config.train.steps
+        cached = _read_json(cache) if finished else None
+        if cached is not None and cached.get("step") == config.train.steps and cached.get("perceptual") == self.perceptual:
+            return cached
+        if not finished:
+            Trainer(config, self.data, run, progress=self.progress).run()
+            self.trained.append(point.name)
+        result = evaluate_run(run, self.data, perceptual=self.perceptual, progress=False)
+        loaded = load_run(run)
+        decoded = [reconstruct(loaded.model, clip.audio)[0] for clip in self.example_clips]
+        row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
+               "rate_kbps": result["rate_kbps"], "run": str(run), "step": result["step"],
+               "perceptual": self.perceptual,
+               "audio": _write_examples(self.out / "audio" / point.name, decoded, config.model.sample_rate),
+               **{k: result[k] for k in METRICS if k in result}}
+        if point.system == "ae":
+            row["rate_kbps"] = None
+            row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
+        if point.system == "beta":
+            row["beta"] = config.rate.beta
+        row["rate_error_percent"] = (100 * (row["rate_kbps"] - point.target_kbps) / point.target_kbps
+                                     if point.target_kbps and row["rate_kbps"] is not None else None)
+        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
+        return row
+
+    @staticmethod
+    def _finished_step(run: Path) -> int | None:
+        folder = latest_checkpoint(run) if run.is_dir() else None
+        return int(folder.name.split("-")[1]) if folder is not None else None
+
+    def _classic(self, point: SweepPoint) -> dict:
+        cache = self.out / "classic" / f"{point.name}.json"
+        cached = _read_json(cache)
+        if cached is not None and cached.get("perceptual") == self.perceptual and cached.get("clips") == len(self.held_out):
+            return cached
+        sample_rate = self.base.model.sample_rate
+        audio = [clip.audio for clip in self.held_out]
+        decoded, payload = run_classic(point.system, point.setting, audio, sample_rate)
+        metrics = mean_metrics([clip_metrics(a, d, sample_rate, self.perceptual) for a, d in zip(audio, decoded)])
+        measured = payload_kbps(payload, sum(len(a) for a in audio), sample_rate)
+        row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
+               "rate_kbps": measured, "rate_error_percent": 100 * (measured - point.target_kbps) / point.target_kbps,
+               "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
+               "audio": _write_examples(self.out / "audio" / point.name, decoded[: len(self.example_clips)], sample_rate),
+               **{k: metrics[k] for k in METRICS if k in metrics}}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
+        return row
+
+    def run(self, points: list[SweepPoint]) -> list[dict]:
+        rows = []
+        for point in tqdm(points, desc="sweep", disable=not self.progress, dynamic_ncols=True):
+            rows.append(self.run_point(point))
+        return rows
+
+
+
+def _clean(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: list[str], preset: str = "tiny",
+              config_files: list[str] | None = None, assignments: list[str] | None = None, betas: tuple[float, ...] = DEFAULT_BETAS,
+              ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS, perceptual: bool = True,
+              progress: bool = True) -> tuple[list[dict], Sweep]:
+    """Plan, run (or continue) and report a sweep; returns the rows and the sweep (``sweep.trained`` names
+    the points trained by this call)."""
+    check_tools(baselines)
+    sweep = Sweep(data, out, preset, config_files, assignments, perceptual, progress=progress)
+    points = plan_sweep(kbps, baselines, sweep.base.model.frame_rate, betas, ae_widths)
+    rows = sweep.run(points)
+    write_report(Path(out), [_clean(r) for r in rows], sweep.originals(), preset=preset, data=str(data))
+    return rows, sweep

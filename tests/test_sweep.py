@@ -1,0 +1,137 @@
+"""The rate-distortion sweep: bitrate accounting of every baseline, resuming, and the report files."""
+
+import csv
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from targetkl.config import resolve
+from targetkl.eval.sweep import SweepError, plan_sweep, run_sweep, rvq_layout
+from targetkl.models.codec import Codec
+
+QUICK = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=2", "train.warmup_steps=1",
+         "model.encoder_dim=4", "model.decoder_dim=8", "loss.mel_windows=[128,256]", "loss.stft_windows=[256]"]
+
+
+@pytest.mark.parametrize("kbps, layout", [(0.5, (1, 1024)), (2.0, (4, 1024)), (8.0, (16, 1024)), (1.2, (3, 256)),
+                                          (0.45, (1, 512)), (0.05, (1, 2))])
+def test_rvq_layout_spends_exactly_the_target(kbps, layout):
+    assert rvq_layout(kbps, 50.0) == layout
+    codebooks, size = layout
+    assert codebooks * np.log2(size) * 50.0 / 1000 == pytest.approx(kbps)
+
+
+def test_rvq_model_built_from_the_plan_reports_the_target_rate():
+    points = plan_sweep([1.0, 4.0], ["rvq"], 50.0)
+    for point in [p for p in points if p.system == "rvq"]:
+        config = resolve("tiny", flags=point.flags)
+        model = Codec(config).eval()
+        with torch.no_grad():
+            encoded = model.encode(torch.zeros(1, 1, 3200))
+        measured = float(encoded.bits_per_frame.mean()) * config.model.frame_rate / 1000
+        assert measured == pytest.approx(point.target_kbps)
+
+
+def test_rate_no_codebook_layout_can_spend_is_refused():
+    with pytest.raises(SweepError, match="whole number of bits per frame"):
+        rvq_layout(0.33, 50.0)
+
+
+def test_plan_lists_each_system_with_its_own_knob():
+    points = plan_sweep([0.5, 2.0], ["rvq", "beta", "ae", "opus", "codec2"], 50.0, betas=(1e-3, 1e-1), ae_widths=(4,))
+    names = [p.name for p in points]
+    assert names[:4] == ["vae-0.5kbps", "vae-2kbps", "rvq-0.5kbps", "rvq-2kbps"]
+    assert "beta-0.001" in names and "ae-width4" in names and "opus-6" in names and "codec2-700C" in names
+    beta = next(p for p in points if p.name == "beta-0.1")
+    assert beta.target_kbps is None and beta.flags["rate.controller"] == "fixed" and beta.flags["rate.beta"] == 0.1
+    assert next(p for p in points if p.name == "codec2-1300").target_kbps == pytest.approx(1.3)
+    with pytest.raises(SweepError, match="unknown baseline flac"):
+        plan_sweep([1.0], ["flac"], 50.0)
+    with pytest.raises(SweepError, match="positive bitrates"):
+        plan_sweep([0.0], [], 50.0)
+
+
+@pytest.fixture(scope="module")
+def small_sweep(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    rows, sweep = run_sweep(small_corpus, out, [1.0], ["rvq", "beta", "ae", "codec2"], assignments=QUICK,
+                            betas=(1e-2,), ae_widths=(4,), perceptual=False, progress=False)
+    return out, rows, sweep
+
+
+def test_sweep_writes_rows_for_every_system(small_sweep):
+    out, rows, sweep = small_sweep
+    assert sorted(sweep.trained) == ["ae-width4", "beta-0.01", "rvq-1kbps", "vae-1kbps"]
+    by_name = {f"{r['system']}-{r['label']}": r for r in rows}
+    assert by_name["rvq-1kbps"]["rate_kbps"] == pytest.approx(1.0)
+    assert by_name["ae-width4"]["rate_kbps"] is None
+    assert by_name["ae-width4"]["latent_values_per_second"] == pytest.approx(4 * 50.0)
+    assert by_name["beta-0.01"]["target_kbps"] is None and by_name["beta-0.01"]["rate_kbps"] > 0
+    assert by_name["codec2-1300"]["rate_kbps"] == pytest.approx(8 * 7 * 12 / 0.5 / 1000)  # 12 whole 40 ms frames per 0.5 s clip
+    saved = json.loads((out / "rd.json").read_text())
+    assert [r["system"] for r in saved] == [r["system"] for r in rows]
+    for row in saved:
+        assert {"system", "target_kbps", "rate_kbps", "mel_distance", "stft_distance", "si_sdr"} <= row.keys()
+    with open(out / "rd.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows) and table[0]["system"] == "vae"
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Plain autoencoders" in (out / "report.html").read_text()
+
+
+def test_resumed_sweep_retrains_nothing_and_extends_only_new_points(small_sweep, small_corpus):
+    out, rows, _ = small_sweep
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*/model.safetensors")}
+    again, sweep = run_sweep(small_corpus, out, [1.0], ["rvq", "beta", "ae", "codec2"], assignments=QUICK,
+                             betas=(1e-2,), ae_widths=(4,), perceptual=False, progress=False)
+    assert sweep.trained == []
+    assert [r["rate_kbps"] for r in again] == [r["rate_kbps"] for r in rows]
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*/model.safetensors")}
+    extended, sweep = run_sweep(small_corpus, out, [1.0, 2.0], ["rvq"], assignments=QUICK, perceptual=False,
+                                progress=False)
+    assert sorted(sweep.trained) == ["rvq-2kbps", "vae-2kbps"]
+    assert len(extended) == 4
+
+
+def test_interrupted_point_is_resumed_not_restarted(small_sweep, small_corpus):
+    out, _, _ = small_sweep
+    run = out / "runs" / "vae-1kbps"
+    shutil.rmtree(run / "checkpoints" / "step-00000003")
+    (run / "checkpoints" / "latest").write_text("step-00000002\n")
+    (run / "sweep_eval.json").unlink()
+    kept = run / "checkpoints" / "step-00000002" / "model.safetensors"
+    stamp = kept.stat().st_mtime_ns
+    _, sweep = run_sweep(small_corpus, out, [1.0], [], assignments=QUICK, perceptual=False, progress=False)
+    assert sweep.trained == ["vae-1kbps"]
+    assert kept.stat().st_mtime_ns == stamp
+    assert (run / "checkpoints" / "step-00000003" / "model.safetensors").is_file()
+
+
+def test_report_page_renders_in_headless_chromium_and_its_audio_decodes(small_sweep, tmp_path):
+    out = small_sweep[0]
+    rows = json.loads((out / "rd.json").read_text())
+    page = out / "report.html"
+    text = page.read_text()
+    assert "rd.png" in text
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is needed for the report check: apt-get install chromium"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
+    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-plot="loaded"' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(shot))
+    assert pixels.shape[:2] == (1600, 1200)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1])[::97], axis=0)) > 20
+    sources = [s.split('"')[0] for s in text.split('<audio controls preload="metadata" src="')[1:]]
+    assert len(sources) == len(rows[0]["audio"]) * (1 + len(rows)) > 0
+    for source in sources:
+        audio, rate = sf.read(str(out / source))
+        assert rate == 16000 and len(audio) > 0
