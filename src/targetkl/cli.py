@@ -167,6 +167,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sanity(args: argparse.Namespace) -> int:
+    from targetkl.sanity import SanityConfig, format_table, run_sanity
+
+    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    config = SanityConfig(steps=args.steps, seed=args.seed)
+    rows = run_sanity(controllers, _float_list(args.bits, "--bits"), config, progress=not args.quiet)
+    print(format_table(rows))
+    if args.json:
+        from targetkl.train.checkpoint import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="targetkl",
@@ -246,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=cmd_sweep)
+
+    sanity = sub.add_parser("sanity", help="Shannon-limit check: each rate controller on a Gaussian source with known D(R)",
+                            description="Train a linear Gaussian VAE with each controller at each target rate on "
+                                        "i.i.d. Gaussian vectors with unequal variances, and compare its distortion "
+                                        "with the reverse water-filling D(R). Prints target and reached bits per "
+                                        "vector, distortion, D(R) and the gap in dB.")
+    sanity.add_argument("--controllers", default="target,capacity,pi,lagrange,fixed",
+                        help="comma-separated controllers (default: all five)")
+    sanity.add_argument("--bits", default="2,6,12", help="target rates in bits per vector (default: 2,6,12)")
+    sanity.add_argument("--steps", type=int, default=3000, help="training steps per model (default: 3000)")
+    sanity.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    sanity.add_argument("--json", default=None, metavar="FILE",
+                        help="also write rows with controller, target_bits, reached_bits, distortion, "
+                             "shannon_distortion, gap_db")
+    sanity.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sanity.set_defaults(func=cmd_sanity)
 
     _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
                   "Encode IN (any audio file) with RUN's encoder; the latent file holds the posterior mean (and std), "
