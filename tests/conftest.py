@@ -32,7 +32,8 @@ def quick_config(**sections):
 
     overrides = {"train": {"steps": 4, "batch_size": 2, "log_every": 1, "checkpoint_every": 2, "warmup_steps": 1},
                  "model": {"encoder_dim": 4, "decoder_dim": 16, "latent_dim": 8},
-                 "loss": {"mel_windows": (128, 256), "stft_windows": (256,)}}
+                 "loss": {"mel_windows": (128, 256), "stft_windows": (256,)},
+                 "rate": {"free_steps": 0, "warmup_steps": 0, "calibrate_every": 1, "calibrate_clips": 4}}
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     config = apply_overrides(preset("tiny"), overrides)

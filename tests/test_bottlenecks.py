@@ -45,9 +45,9 @@ def test_gaussian_contract_and_bits():
     assert out.codes is None
     expected_std = torch.nn.functional.softplus(h[:, 4:]) + 1e-4
     assert torch.allclose(out.std, expected_std)
-    # target penalty: weight * (batch-mean KL of the frames between the edge frames - target)^2
+    # target penalty: weight * ((batch-mean KL of the frames between the edge frames - target) / target)^2
     weight = RateConfig().weight
-    expected = weight * (float(out.kl_nats_per_frame[:, 1:4].mean()) - 10.0) ** 2
+    expected = weight * ((float(out.kl_nats_per_frame[:, 1:4].mean()) - 10.0) / 10.0) ** 2
     assert float(out.penalty) == pytest.approx(expected, rel=1e-5)
 
 

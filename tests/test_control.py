@@ -43,10 +43,11 @@ def test_lagrange_dual_ascent_and_penalty():
     controller = build_controller(RateConfig(controller="lagrange", lagrange_lr=0.5, weight=2.0), 10.0).train()
     kl = torch.tensor([[12.0]], requires_grad=True)
     penalty = controller(kl)
-    assert float(penalty) == pytest.approx(0.0 * 2 + 0.5 * 2.0 * 4)  # multiplier was 0 when the penalty was taken
+    squared = 0.5 * 2.0 * (2 / 10) ** 2  # weight/2 * (relative violation)^2
+    assert float(penalty) == pytest.approx(0.0 * 2 + squared)  # multiplier was 0 when the penalty was taken
     assert float(controller.multiplier) == pytest.approx(0.1)
     penalty = controller(kl)
-    assert float(penalty) == pytest.approx(0.1 * 2 + 4.0)
+    assert float(penalty) == pytest.approx(0.1 * 2 + squared)
 
 
 def test_capacity_anneals_and_clip_scope():
@@ -58,7 +59,7 @@ def test_capacity_anneals_and_clip_scope():
     clip = build_controller(RateConfig(controller="target", scope="clip", weight=1.0), 2.0)
     batch = build_controller(RateConfig(controller="target", scope="batch", weight=1.0), 2.0)
     kl = torch.tensor([[1.0], [3.0]])
-    assert float(clip(kl)) == pytest.approx(1.0)   # mean of (1-2)^2 and (3-2)^2
+    assert float(clip(kl)) == pytest.approx(0.25)  # mean of ((1-2)/2)^2 and ((3-2)/2)^2
     assert float(batch(kl)) == pytest.approx(0.0)  # (mean 2 - 2)^2
 
 
@@ -88,7 +89,7 @@ def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight(
     for _ in range(8):
         penalties.append(float(controller(kl)))
         multipliers.append(float(controller.multiplier))
-    full = 0.5 * 2.0 * 4  # weight/2 * (12 - 10)^2
+    full = 0.5 * 2.0 * 0.2 ** 2  # weight/2 * ((12 - 10) / 10)^2
     assert penalties[:6] == pytest.approx([0, 0, 0, full / 4, full / 2, 3 * full / 4])
     assert multipliers[:6] == [0.0] * 6
     assert penalties[6] == pytest.approx(full) and multipliers[6] == pytest.approx(0.1)
@@ -97,3 +98,20 @@ def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight(
     with torch.no_grad():
         controller(kl)
     assert int(controller.forwards) == 8
+
+
+def test_calibration_moves_the_crop_goal_until_whole_clips_meet_the_target():
+    controller = build_controller(RateConfig(controller="target", weight=1.0, edge_frames=0), 10.0).train()
+    controller.calibrate(whole_clip_kl=12.0, gain=0.5)
+    assert float(controller.offset) == pytest.approx(-1.0) and controller.goal() == pytest.approx(9.0)
+    assert float(controller(torch.tensor([[9.0]]))) == pytest.approx(0.0)  # crops are now steered to 9 nats
+    controller.calibrate(whole_clip_kl=8.0, gain=0.5)
+    assert controller.goal() == pytest.approx(10.0)
+    controller.calibrate(whole_clip_kl=100.0, gain=0.5)
+    assert controller.goal() == pytest.approx(5.0)  # bounded to half the target
+    ramping = build_controller(DefaultRateConfig(controller="lagrange", free_steps=5), 10.0)
+    ramping.calibrate(whole_clip_kl=20.0, gain=0.5)
+    assert float(ramping.offset) == 0.0  # nothing moves before the penalty is at full weight
+    fixed = build_controller(RateConfig(controller="fixed"), 10.0)
+    fixed.calibrate(whole_clip_kl=20.0, gain=0.5)
+    assert float(fixed.offset) == 0.0

@@ -72,6 +72,8 @@ def test_sweep_writes_rows_for_every_system(small_sweep):
     assert by_name["ae-width4"]["rate_kbps"] is None
     assert by_name["ae-width4"]["latent_values_per_second"] == pytest.approx(4 * 50.0)
     assert by_name["beta-0.01"]["target_kbps"] is None and by_name["beta-0.01"]["rate_kbps"] > 0
+    tkl = by_name["tkl-1kbps"]
+    assert tkl["run"] == by_name["vae-1kbps"]["run"] and 0 < tkl["rate_kbps"] < tkl["file_kbps"]
     assert by_name["codec2-1300"]["rate_kbps"] == pytest.approx(8 * 7 * 12 / 0.5 / 1000)  # 12 whole 40 ms frames per 0.5 s clip
     saved = json.loads((out / "rd.json").read_text())
     assert [r["system"] for r in saved] == [r["system"] for r in rows]
@@ -95,7 +97,8 @@ def test_resumed_sweep_retrains_nothing_and_extends_only_new_points(small_sweep,
     extended, sweep = run_sweep(small_corpus, out, [1.0, 2.0], ["rvq"], assignments=QUICK, perceptual=False,
                                 progress=False)
     assert sorted(sweep.trained) == ["rvq-2kbps", "vae-2kbps"]
-    assert len(extended) == 4
+    assert [f"{r['system']}-{r['label']}" for r in extended] == ["vae-1kbps", "tkl-1kbps", "vae-2kbps", "tkl-2kbps",
+                                                                  "rvq-1kbps", "rvq-2kbps"]
 
 
 def test_interrupted_point_is_resumed_not_restarted(small_sweep, small_corpus):

@@ -45,7 +45,8 @@ def test_run_writes_config_metrics_and_atomic_checkpoints(small_corpus, tmp_path
     assert (run / "checkpoints" / "step-00000006" / "ema.safetensors").is_file()
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    for key in ("loss/mel", "loss/stft", "loss/waveform", "rate/kbps", "rate/target_kbps", "latent/std", "grad_norm"):
+    for key in ("loss/mel", "loss/stft", "loss/waveform", "rate/kbps", "rate/target_kbps", "latent/std", "grad_norm",
+                "rate/calibration_kbps", "control/offset_nats"):
         assert key in rows[-1]
     held_out = read_metrics(run, "held_out")
     assert [r["step"] for r in held_out] == [2, 4, 6] and held_out[-1]["rate_kbps"] > 0

@@ -58,8 +58,10 @@ class RateConfig:
     ``target_kbps`` is converted to ``KL_target`` nats per frame with the model's frame rate.
     ``scope`` is ``batch`` (the batch-mean KL meets the target: an average bitrate) or ``clip``
     (every clip's mean KL is pulled to the target: a constant bitrate). The default, ``lagrange`` with
-    ``scope='clip'``, is the target-KL loss ``weight/2 * (KL - KL_target)^2`` on each clip plus a
-    multiplier that removes its steady offset. ``edge_frames`` frames at each end of a training crop are
+    ``scope='clip'``, is the target-KL loss ``weight/2 * ((KL - KL_target) / KL_target)^2`` on each clip
+    plus a multiplier that removes its steady offset. The weight is per squared relative error: an
+    absolute weight of 1e-2 held 2 kbps but let 0.5 kbps wander by +-10% (a 10% error there is 0.7 nats,
+    and its pull 16x weaker than at 2 kbps); 8 equals 1e-2 at 2 kbps and is 16x stronger at 0.5 kbps. ``edge_frames`` frames at each end of a training crop are
     left out of the controlled KL (see ``targetkl.control``).
 
     The penalty is off for the first ``free_steps`` training forwards and then ramps up linearly over
@@ -72,7 +74,7 @@ class RateConfig:
     target_kbps: float | None = 2.0
     controller: str = "lagrange"
     scope: str = "clip"
-    weight: float = 1e-2
+    weight: float = 8.0
     beta: float = 1e-2
     capacity_anneal_steps: int = 0
     pi_kp: float = 0.02
@@ -83,6 +85,9 @@ class RateConfig:
     edge_frames: int = 2
     free_steps: int = 300
     warmup_steps: int = 200
+    calibrate_every: int = 10
+    calibrate_clips: int = 32
+    calibrate_gain: float = 0.05
 
 
 @dataclass

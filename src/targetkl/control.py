@@ -10,13 +10,15 @@ the middle of a clip, and a crop of 16 frames would otherwise under-report the r
 several percent (the held-out rate is measured on whole clips).
 
 - ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
-- ``target``:   ``weight * (KL - KL_target)^2`` -- the target-KL loss. With a fixed weight it settles
-                where its gradient balances the reconstruction gradient, slightly above target.
+- ``target``:   ``lambda * (KL - KL_target)^2`` with ``lambda = weight / KL_target^2`` -- the target-KL
+                loss, its weight given per squared *relative* error so that 10% off costs the same at
+                0.5 and at 8 kbps. With a fixed weight it settles where its gradient balances the
+                reconstruction gradient, slightly above target.
 - ``capacity``: ``weight * |KL - C|`` with ``C`` annealed linearly to ``KL_target`` (Burgess et al.).
 - ``pi``:       ``beta_t * KL`` with ``beta_t`` set by a PI feedback loop on the relative rate error
                 (ControlVAE-style), clamped to ``[beta_min, beta_max]`` with conditional-integration
                 anti-windup.
-- ``lagrange``: augmented Lagrangian ``lambda_t * c + weight/2 * c^2`` with ``c = KL - KL_target`` and
+- ``lagrange``: augmented Lagrangian ``lambda_t * c + weight/2 * (c / KL_target)^2`` with ``c = KL - KL_target`` and
                 dual ascent ``lambda_t += lr * c / KL_target``: the multiplier absorbs the steady push of
                 the reconstruction loss, so the constraint is met without offset (GECO-style).
 
@@ -51,6 +53,24 @@ class KLController(nn.Module):
         self.free_steps = config.free_steps
         self.warmup_steps = config.warmup_steps
         self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
+        self.register_buffer("offset", torch.zeros((), dtype=torch.float64))
+
+    def goal(self) -> float:
+        """The KL that training crops are steered to, nats per frame: the target plus the calibration offset."""
+        return self.target + float(self.offset)
+
+    def calibrate(self, whole_clip_kl: float, gain: float, limit: float = 0.5) -> None:
+        """Integral step on the rate of whole training clips in eval mode (``whole_clip_kl`` nats per frame).
+
+        Crops are not clips: a crop's edges, which frames random crops cover, and a per-crop penalty all
+        make the crop-level KL differ from the rate measured on whole clips. This moves the crop goal by
+        ``-gain * (whole_clip_kl - target)`` nats (bounded to ``limit * target``) so that whole clips meet
+        the target. No-op without a target or before the penalty is at full weight.
+        """
+        if self.target is None or self.ramp() < 1.0:
+            return
+        offset = float(self.offset) - gain * (whole_clip_kl - self.target)
+        self.offset.fill_(min(max(offset, -limit * self.target), limit * self.target))
 
     def ramp(self) -> float:
         """Weight of the penalty: 0 for the first ``free_steps`` training forwards, then rising linearly to 1
@@ -88,6 +108,9 @@ class KLController(nn.Module):
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def all_metrics(self) -> dict[str, float]:
+        return {**self.metrics(), "control/offset_nats": float(self.offset)}
+
     def forward(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         kl_per_clip = self.controlled_kl(kl_per_frame)
         ramp = self.ramp()
@@ -109,6 +132,9 @@ class FixedBeta(KLController):
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         return self.beta * kl.mean()
 
+    def calibrate(self, whole_clip_kl: float, gain: float, limit: float = 0.5) -> None:
+        """A fixed beta has no target to calibrate."""
+
     def metrics(self) -> dict[str, float]:
         return {"control/beta": self.beta}
 
@@ -121,7 +147,7 @@ class TargetKL(KLController):
         self.weight = config.weight
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
-        return self.weight * (kl - self.target).pow(2).mean()
+        return self.weight * ((kl - self.goal()) / self.target).pow(2).mean()
 
 
 class Capacity(KLController):
@@ -135,8 +161,8 @@ class Capacity(KLController):
 
     def capacity(self) -> float:
         if self.anneal_steps <= 0:
-            return self.target
-        return self.target * min(1.0, float(self.step) / self.anneal_steps)
+            return self.goal()
+        return self.goal() * min(1.0, float(self.step) / self.anneal_steps)
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         return self.weight * (kl - self.capacity()).abs().mean()
@@ -179,7 +205,7 @@ class PIController(KLController):
         return beta, integral
 
     def update(self, batch_kl: float) -> None:
-        error = (batch_kl - self.target) / self.target
+        error = (batch_kl - self.goal()) / self.goal()
         beta, integral = self.step_rule(error, float(self.integral), self.kp, self.ki, self.beta_min,
                                         self.beta_max)
         self.beta.fill_(beta)
@@ -199,8 +225,8 @@ class Lagrange(KLController):
         self.register_buffer("multiplier", torch.zeros((), dtype=torch.float64))
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
-        violation = kl - self.target
-        return (float(self.multiplier) * violation + 0.5 * self.weight * violation.pow(2)).mean()
+        violation = kl - self.goal()
+        return (float(self.multiplier) * violation + 0.5 * self.weight * (violation / self.target).pow(2)).mean()
 
     @staticmethod
     def step_rule(multiplier: float, batch_kl: float, target: float, lr: float) -> float:
@@ -212,7 +238,7 @@ class Lagrange(KLController):
         return multiplier + lr * min(max((batch_kl - target) / target, -1.0), 1.0)
 
     def update(self, batch_kl: float) -> None:
-        self.multiplier.fill_(self.step_rule(float(self.multiplier), batch_kl, self.target, self.lr))
+        self.multiplier.fill_(self.step_rule(float(self.multiplier), batch_kl, self.goal(), self.lr))
 
     def metrics(self) -> dict[str, float]:
         return {"control/multiplier": float(self.multiplier)}

@@ -53,6 +53,6 @@ class GaussianBottleneck(Bottleneck):
         kl = gaussian_kl(mean, std)
         penalty = self.controller(kl)
         metrics = {"latent/mean_std": float(mean.detach().std()), "latent/posterior_std": float(std.detach().mean()),
-                   **self.controller.metrics()}
+                   **self.controller.all_metrics()}
         return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=kl / LN2, codes=None, penalty=penalty,
                                 metrics=metrics, mean=mean, std=std)

@@ -19,9 +19,9 @@ from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
 
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
-COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "latent_values_per_second",
+COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
            *METRICS, "run")
-SYSTEM_NAMES = {"vae": "target-KL VAE", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
+SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
 
 
@@ -61,7 +61,7 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
             points = sorted((r["rate_kbps"], r[metric]) for r in rated
                             if r["system"] == system and _has_value(r.get(metric)))
             if points:
-                style = "o-" if system != "beta" else "s--"
+                style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
                 axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system), linewidth=2 if system == "vae" else 1)
         axis.set_xscale("log")
         axis.set_xlabel("measured rate (kbps, held-out)")
@@ -120,11 +120,12 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
 
 def render_html(rows: list[dict], originals: list[str], out: Path, title: str) -> str:
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
-    rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", *METRICS)
+    rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", *METRICS)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Every number is measured on the same held-out clips. Learned codecs: rate = KL (VAE) or "
-             "n&nbsp;&times;&nbsp;log2(K) bits per frame (RVQ); classic codecs: payload bytes.</p>",
+             "n&nbsp;&times;&nbsp;log2(K) bits per frame (RVQ); .tkl files and classic codecs: payload bytes "
+             "(file_kbps adds the .tkl header).</p>",
              "<h2>Rate&ndash;distortion</h2><img id='rd' src='rd.png' alt='rate-distortion plot'>",
              "<h2>Systems with a bitrate</h2>", _table(rated, rate_columns)]
     if autoencoders:

@@ -5,6 +5,7 @@ Layout of a sweep folder::
 
     SWEEP/runs/<system>-<label>/      a training run (reused when finished, resumed when interrupted)
     SWEEP/runs/<system>-<label>/sweep_eval.json   its evaluation (reused when the run has not changed)
+    SWEEP/runs/vae-<label>/sweep_tkl.json         the same VAE as .tkl files (system ``tkl``)
     SWEEP/classic/<codec>-<setting>.json          a classic codec's evaluation
     SWEEP/audio/<system>-<label>/clipN.wav        decoded examples; SWEEP/audio/original/clipN.wav
     SWEEP/rd.csv, rd.json, rd.png, report.html    written by ``targetkl.eval.report``
@@ -21,6 +22,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
@@ -153,10 +155,45 @@ class Sweep:
         return _write_examples(self.out / "audio" / "original", [c.audio for c in self.example_clips],
                                self.base.model.sample_rate)
 
-    def run_point(self, point: SweepPoint) -> dict:
+    def run_point(self, point: SweepPoint) -> list[dict]:
+        """The point's rows: one, plus a ``tkl`` row for a target-KL VAE (its ``.tkl`` files)."""
         if point.setting is not None:
-            return self._classic(point)
-        return self._trained(point)
+            return [self._classic(point)]
+        row = self._trained(point)
+        if point.system != "vae":
+            return [row]
+        return [row, self._tkl(point, Path(row["run"]))]
+
+    def _tkl(self, point: SweepPoint, run: Path) -> dict:
+        """Compress every held-out clip into a ``.tkl`` bitstream and measure the decompressed audio."""
+        cache = run / "sweep_tkl.json"
+        step = self._finished_step(run)
+        cached = _read_json(cache)
+        if cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual:
+            return cached
+        loaded = load_run(run)
+        sample_rate = loaded.config.model.sample_rate
+        payload_bits, file_bytes, decoded = 0, 0, []
+        for clip in self.held_out:
+            data, _ = compress(loaded.model, clip.audio, loaded.config.data.loudness_dbfs)
+            audio, header = decompress(loaded.model, data)
+            payload_bits += 32 * header.payload_words
+            file_bytes += len(data)
+            decoded.append(audio)
+        samples = sum(len(clip.audio) for clip in self.held_out)
+        seconds = samples / sample_rate
+        metrics = mean_metrics([clip_metrics(c.audio, d, sample_rate, self.perceptual)
+                                for c, d in zip(self.held_out, decoded)])
+        rate_kbps = payload_bits / seconds / 1000
+        row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
+               "rate_error_percent": 100 * (rate_kbps - point.target_kbps) / point.target_kbps,
+               "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
+               "perceptual": self.perceptual,
+               "audio": _write_examples(self.out / "audio" / f"tkl-{point.label}", decoded[: len(self.example_clips)],
+                                        sample_rate),
+               **{k: metrics[k] for k in METRICS if k in metrics}}
+        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
+        return row
 
     def _trained(self, point: SweepPoint) -> dict:
         config = self.config_for(point)
@@ -214,7 +251,7 @@ class Sweep:
     def run(self, points: list[SweepPoint]) -> list[dict]:
         rows = []
         for point in tqdm(points, desc="sweep", disable=not self.progress, dynamic_ncols=True):
-            rows.append(self.run_point(point))
+            rows.extend(self.run_point(point))
         return rows
 
 

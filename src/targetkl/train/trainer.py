@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -215,6 +216,37 @@ class Trainer:
             totals["rate/target_kbps"] = config.rate.target_kbps
         return totals
 
+    @torch.no_grad()
+    def calibrate_rate(self) -> dict[str, float]:
+        """Measure whole training clips in eval mode and hand the rate to the KL controller.
+
+        ``rate.calibrate_clips`` clips, drawn as a pure function of ``(seed, step)``, each at most 10 s (a
+        random window of longer files); returns the logged scalars, or nothing for bottlenecks without a
+        KL controller.
+        """
+        controller = getattr(self.model.bottleneck, "controller", None)
+        rate_config = self.config.rate
+        if controller is None or rate_config.calibrate_every <= 0 or self.step % rate_config.calibrate_every:
+            return {}
+        rng = np.random.default_rng([self.config.train.seed, self.step, 0xCA1])
+        longest = 10 * self.config.model.sample_rate
+        total_nats, total_frames = 0.0, 0
+        self.model.eval()
+        for index in rng.integers(0, len(self.train_set.clips), rate_config.calibrate_clips):
+            audio = self.train_set.clips[index].audio
+            if len(audio) > longest:
+                start = int(rng.integers(0, len(audio) - longest + 1))
+                audio = audio[start:start + longest]
+            tensor = torch.as_tensor(audio, dtype=torch.float32, device=self.device)[None, None]
+            kl = self.model.encode(self.model.pad(tensor)).kl_nats_per_frame
+            total_nats += float(kl.double().sum())
+            total_frames += kl.numel()
+        self.model.train()
+        whole_clip_kl = total_nats / max(total_frames, 1)
+        controller.calibrate(whole_clip_kl, rate_config.calibrate_gain)
+        return {"rate/calibration_kbps": rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate),
+                "control/offset_nats": float(controller.offset)}
+
     def _adversarial_terms(self, audio: torch.Tensor, decoded: torch.Tensor, terms: dict) -> torch.Tensor:
         """Update the discriminator on this micro-batch; return the generator's adversarial terms."""
         loss_config = self.config.loss
@@ -283,6 +315,7 @@ class Trainer:
                     continue
                 self.bad_steps = 0
                 self.step += 1
+                scalars.update(self.calibrate_rate())
                 last = scalars
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
