@@ -167,6 +167,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_controllers(args: argparse.Namespace) -> int:
+    from targetkl.eval.controllers import compare_controllers, format_rows
+
+    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
+    rows = compare_controllers(args.data, args.out, _float_list(args.kbps, "--kbps"), controllers,
+                               preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
+                               progress=not args.quiet)
+    print(format_rows(rows))
+    print(f"wrote controllers.json, controllers.csv and controllers.png (rate vs step) in {args.out}")
+    return 0
+
+
 def cmd_sanity(args: argparse.Namespace) -> int:
     from targetkl.sanity import SanityConfig, format_table, run_sanity
 
@@ -260,6 +272,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sweep.set_defaults(func=cmd_sweep)
+
+    controllers = sub.add_parser("controllers", help="compare the rate controllers on real audio at several rates",
+                                 description="Train (or reuse) one VAE per controller and target rate, then report "
+                                             "the held-out rate against the target, the step from which the "
+                                             "whole-clip training rate stays within 2%% of the target, and the mel "
+                                             "distance; writes OUT/controllers.json, .csv and a rate-vs-step plot.")
+    controllers.add_argument("--data", required=True, help="folder of audio (captions optional)")
+    controllers.add_argument("--out", required=True, help="output folder (runs are kept and reused)")
+    controllers.add_argument("--kbps", default="0.5,2,8", help="target bitrates in kbps (default: 0.5,2,8)")
+    controllers.add_argument("--controllers", default="target,capacity,pi,lagrange",
+                             help="comma-separated controllers (default: target,capacity,pi,lagrange)")
+    _add_config_arguments(controllers)
+    controllers.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    controllers.set_defaults(func=cmd_controllers)
 
     sanity = sub.add_parser("sanity", help="Shannon-limit check: each rate controller on a Gaussian source with known D(R)",
                             description="Train a linear Gaussian VAE with each controller at each target rate on "
