@@ -23,6 +23,7 @@ log = logging.getLogger("targetkl.data")
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 SILENCE_RMS = 1e-5
+MAX_SECONDS = 600.0
 
 
 class DataError(ValueError):
@@ -45,15 +46,18 @@ class AudioSet:
     sample_rate: int
     clips: list[AudioClip]
     skipped: dict[str, str] = field(default_factory=dict)
+    cropped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def summary(self) -> str:
-        reasons = Counter(reason.split(":")[0] for reason in self.skipped.values())
+        reasons = Counter(reason.split(":")[0].split(" (")[0] for reason in self.skipped.values())
         detail = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
-        return f"{len(self.clips)} clips loaded from {self.root}" + (f"; skipped {len(self.skipped)} ({detail})"
-                                                                     if self.skipped else "")
+        text = f"{len(self.clips)} clips loaded from {self.root}"
+        if self.cropped:
+            text += f"; {len(self.cropped)} longer than the limit, cut to their start"
+        return text + (f"; skipped {len(self.skipped)} ({detail})" if self.skipped else "")
 
 
 def find_audio_files(root: Path) -> list[Path]:
@@ -152,10 +156,14 @@ def split_paths(relative_paths: list[str], valid_percent: float) -> tuple[list[s
 
 
 def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_percent: float = 10.0,
-                loudness_dbfs: float | None = -20.0, progress: bool = True) -> AudioSet:
+                loudness_dbfs: float | None = -20.0, progress: bool = True,
+                max_seconds: float = MAX_SECONDS) -> AudioSet:
     """Load the ``train``, ``held_out`` or ``all`` split of a folder of audio files.
 
-    Unreadable files are skipped with one warning naming the file; ``DataError`` if nothing is usable.
+    Unreadable, empty and non-finite files are skipped with one warning naming the file and the reason;
+    files longer than ``max_seconds`` keep their first ``max_seconds`` (one warning each), so one
+    multi-hour recording cannot exhaust memory. A summary line counts both. ``DataError`` if nothing is
+    usable.
     """
     root = Path(root)
     if not root.is_dir():
@@ -170,7 +178,8 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
     relative = [f.relative_to(root).as_posix() for f in files]
     train, held_out = split_paths(relative, valid_percent)
     chosen = {"train": train, "held_out": held_out, "all": relative}[split]
-    clips, skipped = [], {}
+    clips, skipped, cropped = [], {}, []
+    longest = int(max_seconds * sample_rate)
     for rel in tqdm(chosen, desc=f"loading {split} audio", disable=not progress, leave=False):
         try:
             audio = load_audio(root / rel, sample_rate)
@@ -179,12 +188,16 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
             log.warning("skipping %s", error)
             skipped[rel] = reason
             continue
+        if len(audio) > longest:
+            log.warning("%s: %.0f s long, keeping the first %g s", root / rel, len(audio) / sample_rate, max_seconds)
+            audio = audio[:longest]
+            cropped.append(rel)
         if loudness_dbfs is not None:
             audio = normalize_loudness(audio, loudness_dbfs)
         meta = captions.get(rel) or captions.get(Path(rel).stem) or {}
         clips.append(AudioClip(rel, audio, meta.get("caption"), meta.get("label")))
-    audio_set = AudioSet(root, sample_rate, clips, skipped)
-    if skipped:
+    audio_set = AudioSet(root, sample_rate, clips, skipped, cropped)
+    if skipped or cropped:
         log.warning(audio_set.summary())
     if not clips:
         raise DataError(f"{root}: none of the {len(chosen)} audio files in the {split} split could be used "
