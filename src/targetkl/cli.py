@@ -62,13 +62,19 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from targetkl.train.distributed import init_from_environment
     from targetkl.train.trainer import Trainer
 
     config = _resolve_training_config(args)
+    context = init_from_environment()
     target = f"{config.rate.target_kbps:g} kbps" if config.model.bottleneck == "vae" else config.model.bottleneck
-    log.info("training %s: preset %s, %s, %d steps, frame rate %g Hz", args.out, config.preset, target,
-             config.train.steps, config.model.frame_rate)
-    result = Trainer(config, args.data, args.out, progress=not args.quiet).run()
+    if context.is_main:
+        log.info("training %s: preset %s, %s, %d steps, frame rate %g Hz%s", args.out, config.preset, target,
+                 config.train.steps, config.model.frame_rate,
+                 f", {context.world_size} processes" if context.active else "")
+    result = Trainer(config, args.data, args.out, progress=not args.quiet, distributed=context).run()
+    if not context.is_main:
+        return 130 if result.interrupted else 0
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint saved in {args.out}. Run the same command to resume.")
         return 130

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from targetkl.config import RateConfig
+from targetkl.train.distributed import mean_over_ranks
 
 
 class KLController(nn.Module):
@@ -117,7 +118,7 @@ class KLController(nn.Module):
         value = ramp * self.penalty(self._per_scope(kl_per_clip))
         if self.training and torch.is_grad_enabled():
             if ramp >= 1.0:
-                self.update(float(kl_per_clip.detach().mean()))
+                self.update(mean_over_ranks([float(kl_per_clip.detach().mean())])[0])
             self.forwards += 1
         return value
 

@@ -80,7 +80,12 @@ class MultiScaleMelLoss(nn.Module):
 
 
 class MultiResolutionSTFTLoss(nn.Module):
-    """Mean over resolutions of spectral convergence plus L1 of log magnitudes."""
+    """Mean over resolutions of spectral convergence plus L1 of log magnitudes.
+
+    Spectral convergence is taken per clip and averaged, so every term is a mean over clips: the loss of
+    a batch split across processes averages to the loss of the whole batch (data-parallel training
+    matches single-process training).
+    """
 
     def __init__(self, windows: tuple[int, ...]):
         super().__init__()
@@ -90,7 +95,8 @@ class MultiResolutionSTFTLoss(nn.Module):
         total = estimate.new_zeros((), dtype=torch.float32)
         for n_fft in self.windows:
             est, ref = magnitude(estimate, n_fft), magnitude(reference, n_fft)
-            convergence = torch.linalg.norm(ref - est) / torch.linalg.norm(ref).clamp_min(1e-7)
+            difference = (ref - est).flatten(1).norm(dim=1)
+            convergence = (difference / ref.flatten(1).norm(dim=1).clamp_min(1e-7)).mean()
             log_mag = (est.clamp_min(1e-7).log() - ref.clamp_min(1e-7).log()).abs().mean()
             total = total + convergence + log_mag
         return total / len(self.windows)

@@ -33,8 +33,8 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha
-        return x + torch.sin(alpha * x).pow(2) * torch.reciprocal(alpha + 1e-9)
+        wave = torch.sin(self.alpha * x)
+        return torch.addcmul(x, wave, wave * torch.reciprocal(self.alpha + 1e-9))
 
 
 class ResidualUnit(nn.Module):

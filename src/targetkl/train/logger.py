@@ -62,3 +62,16 @@ def read_metrics(run_dir: str | Path, split: str = "train") -> list[dict]:
         if row.get("split") == split:
             rows.append(row)
     return rows
+
+
+class NullLogger:
+    """What ranks other than 0 log to in data-parallel training: nothing."""
+
+    def log(self, step: int, scalars: dict, split: str = "train") -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

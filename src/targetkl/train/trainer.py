@@ -28,9 +28,10 @@ from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_di
                              lsgan_generator_loss)
 from targetkl.models.codec import Codec
 from targetkl.models.discriminators import Discriminator
+from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
 from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
                                        state_dict_for_file)
-from targetkl.train.logger import MetricLogger
+from targetkl.train.logger import MetricLogger, NullLogger
 
 log = logging.getLogger("targetkl.train")
 
@@ -77,13 +78,18 @@ class Trainer:
     """Train the codec in ``config`` on ``data_dir``; writes everything into ``run_dir``."""
 
     def __init__(self, config: Config, data_dir: str | Path, run_dir: str | Path, progress: bool = True,
-                 train_set: AudioSet | None = None, held_out_set: AudioSet | None = None):
+                 train_set: AudioSet | None = None, held_out_set: AudioSet | None = None,
+                 distributed: DistributedContext | None = None):
         validate(config)
         self.config = config
         self.run_dir = Path(run_dir)
         self.data_dir = Path(data_dir)
-        self.progress = progress
+        self.dist = distributed or SINGLE
+        self.progress = progress and self.dist.is_main
         self.device = choose_device(config.train.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         self.train_set = train_set or load_folder(data_dir, config.model.sample_rate, "train",
                                                   config.data.valid_percent, config.data.loudness_dbfs, progress)
         self.held_out_set = held_out_set
@@ -103,7 +109,13 @@ class Trainer:
                                                config.loss.discriminator_stft_windows).to(self.device)
             self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.loss.discriminator_lr,
                                                     betas=train.betas)
-        self.training_model = torch.compile(self.model) if train.compile else self.model
+        self.training_model = self.model
+        if self.dist.active:
+            self.training_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
+        if train.compile:
+            self.training_model = torch.compile(self.training_model)
         self.step = 0
         self.bad_steps = 0
         self._stop_signal: int | None = None
@@ -117,7 +129,10 @@ class Trainer:
             tensors["discriminator"] = state_dict_for_file(self.discriminator)
         return tensors
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0 only; other ranks hold the same weights)."""
+        if not self.dist.is_main:
+            return None
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -181,10 +196,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(train.grad_accum):
-            audio = random_crops(self.train_set, train.batch_size, config.segment_samples, train.seed,
-                                 self.step * train.grad_accum + micro).to(self.device)
+            audio = self.local_crops(self.step * train.grad_accum + micro)
             with self._autocast():
+                self._skip_noise(self.dist.rank)
                 decoded, encoded = self.training_model(audio)
+                self._skip_noise(self.dist.world_size - 1 - self.dist.rank)
                 reconstruction, terms = self.reconstruction(decoded.float(), audio)
                 loss = reconstruction + encoded.penalty
                 if self.discriminator is not None:
@@ -199,6 +215,8 @@ class Trainer:
                 scalars["rate/kl_nats_per_frame"] = float(encoded.kl_nats_per_frame.detach().mean())
             for key, value in scalars.items():
                 totals[key] = totals.get(key, 0.0) + value / train.grad_accum
+        if self.dist.active:
+            totals = dict(zip(totals, mean_over_ranks(list(totals.values()))))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
         if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
@@ -215,6 +233,21 @@ class Trainer:
         if config.rate.target_kbps is not None:
             totals["rate/target_kbps"] = config.rate.target_kbps
         return totals
+
+    def local_crops(self, micro_step: int) -> torch.Tensor:
+        """This process's slice of the global batch of crops for ``micro_step``."""
+        batch = self.config.train.batch_size
+        crops = random_crops(self.train_set, batch * self.dist.world_size, self.config.segment_samples,
+                             self.config.train.seed, micro_step)
+        return crops[self.dist.rank * batch:(self.dist.rank + 1) * batch].to(self.device)
+
+    def _skip_noise(self, ranks: int) -> None:
+        """Draw and drop ``ranks`` processes' worth of posterior noise, so that each rank samples its own
+        slice of the noise one process would draw for the global batch."""
+        if ranks <= 0 or self.config.model.bottleneck != "vae":
+            return
+        frames = self.config.segment_samples // self.model.hop
+        torch.randn(ranks * self.config.train.batch_size * self.config.model.latent_dim * frames, device=self.device)
 
     @torch.no_grad()
     def calibrate_rate(self) -> dict[str, float]:
@@ -267,6 +300,11 @@ class Trainer:
         return loss_config.adversarial_weight * adversarial + loss_config.feature_matching_weight * matching
 
     # ------------------------------------------------------------- the loop
+    def _stop_requested(self) -> bool:
+        """Whether any process got SIGINT/SIGTERM: all ranks stop at the same step."""
+        flag = 1.0 if self._stop_signal is not None else 0.0
+        return (mean_over_ranks([flag])[0] if self.dist.active else flag) > 0
+
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
@@ -282,9 +320,11 @@ class Trainer:
         return measure_rate_and_distortion(model, self.held_out_set.clips, self.device)
 
     def run(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        logger = MetricLogger(self.run_dir)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+        barrier()
+        logger = MetricLogger(self.run_dir) if self.dist.is_main else NullLogger()
         resumed = self.resume()
         if resumed:
             log.info("resuming %s from step %d", self.run_dir, self.step)
@@ -322,18 +362,19 @@ class Trainer:
                     scalars["seconds"] = time.time() - started
                     logger.log(self.step, scalars)
                     bar.set_postfix(kbps=f"{scalars['rate/kbps']:.3f}", mel=f"{scalars['loss/mel']:.3f}")
-                if self.step % train.checkpoint_every == 0 or self.step == train.steps:
+                if (self.step % train.checkpoint_every == 0 or self.step == train.steps) and self.dist.is_main:
                     self.save()
                     held_out = self.held_out_metrics()
                     logger.log(self.step, held_out, split="held_out")
-                if self._stop_signal is not None:
+                if self._stop_requested():
                     self.save()
-                    name = signal.Signals(self._stop_signal).name
+                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a stop signal on another rank"
                     log.warning("%s received: checkpoint written at step %d; run the same command to resume",
                                 name, self.step)
                     return TrainResult(self.run_dir, self.step, True, last)
-            if latest_checkpoint(self.run_dir) is None:
+            if self.dist.is_main and latest_checkpoint(self.run_dir) is None:
                 self.save()
+            barrier()
         finally:
             bar.close()
             logger.close()

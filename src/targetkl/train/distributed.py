@@ -1,0 +1,67 @@
+"""Data-parallel training on ``torch.distributed`` (NCCL on GPUs, gloo on CPU), launched by ``torchrun``.
+
+``train.batch_size`` is the batch of one process; N processes train exactly like one process with a
+batch of ``N * batch_size``: each rank takes its slice of the global batch of crops (a pure function of
+seed and step) and of the global batch's posterior noise, gradients are averaged by DDP, and the KL
+controllers update on the all-reduced batch KL. Rank 0 alone writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE = DistributedContext()
+
+
+def init_from_environment() -> DistributedContext:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1), else single."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def current() -> DistributedContext:
+    """The context of an already initialized process group (single when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return SINGLE
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def mean_over_ranks(values: list[float]) -> list[float]:
+    """Average floats over all processes (the identity in a single process)."""
+    context = current()
+    if not context.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return (tensor / context.world_size).cpu().tolist()
+
+
+def barrier() -> None:
+    if current().active:
+        dist.barrier()
