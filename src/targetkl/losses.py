@@ -82,9 +82,10 @@ class MultiScaleMelLoss(nn.Module):
 class MultiResolutionSTFTLoss(nn.Module):
     """Mean over resolutions of spectral convergence plus L1 of log magnitudes.
 
-    Spectral convergence is taken per clip and averaged, so every term is a mean over clips: the loss of
-    a batch split across processes averages to the loss of the whole batch (data-parallel training
-    matches single-process training).
+    Spectral convergence is taken over the whole batch, so quiet crops weigh by their energy. (Taken per
+    clip and averaged, a near-silent crop's ratio blew up and the tiny model learned a constant output.)
+    This is the one loss term that is not a mean over clips: a batch split across processes averages
+    to a slightly different loss than the whole batch.
     """
 
     def __init__(self, windows: tuple[int, ...]):
@@ -95,8 +96,7 @@ class MultiResolutionSTFTLoss(nn.Module):
         total = estimate.new_zeros((), dtype=torch.float32)
         for n_fft in self.windows:
             est, ref = magnitude(estimate, n_fft), magnitude(reference, n_fft)
-            difference = (ref - est).flatten(1).norm(dim=1)
-            convergence = (difference / ref.flatten(1).norm(dim=1).clamp_min(1e-7)).mean()
+            convergence = torch.linalg.norm(ref - est) / torch.linalg.norm(ref).clamp_min(1e-7)
             log_mag = (est.clamp_min(1e-7).log() - ref.clamp_min(1e-7).log()).abs().mean()
             total = total + convergence + log_mag
         return total / len(self.windows)

@@ -6,8 +6,41 @@ Shapes: every module here maps ``(batch, channels, samples)`` to ``(batch, chann
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
+
+
+class WeightNormConv1d(nn.Conv1d):
+    """``Conv1d`` with weight normalization, ``weight = g * v / ||v||`` (norm over all but dim 0).
+
+    The same maths as ``torch.nn.utils.parametrizations.weight_norm``, computed in ``forward`` with the
+    fused ``torch._weight_norm``: the parametrization machinery costs a few percent on small CPU models.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        direction = self.weight.detach().clone()
+        del self.weight
+        self.weight_v = nn.Parameter(direction)
+        self.weight_g = nn.Parameter(direction.flatten(1).norm(dim=1).reshape(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+
+
+class WeightNormConvTranspose1d(nn.ConvTranspose1d):
+    """``ConvTranspose1d`` with weight normalization over all but dim 0 (input channels), as above."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        direction = self.weight.detach().clone()
+        del self.weight
+        self.weight_v = nn.Parameter(direction)
+        self.weight_g = nn.Parameter(direction.flatten(1).norm(dim=1).reshape(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose1d(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias, self.stride,
+                                  self.padding, self.output_padding, self.groups, self.dilation)
 
 
 def wn_conv1d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
@@ -15,14 +48,13 @@ def wn_conv1d(in_channels: int, out_channels: int, kernel_size: int, stride: int
     """Weight-normed ``Conv1d``; ``padding`` defaults to 'same' for stride 1."""
     if padding is None:
         padding = dilation * (kernel_size - 1) // 2
-    return weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation,
-                                 padding=padding))
+    return WeightNormConv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, padding=padding)
 
 
 def wn_conv_transpose1d(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     """Weight-normed transposed conv that upsamples a length ``L`` input to exactly ``L * stride``."""
-    return weight_norm(nn.ConvTranspose1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride,
-                                          padding=(stride + 1) // 2, output_padding=stride % 2))
+    return WeightNormConvTranspose1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride,
+                                     padding=(stride + 1) // 2, output_padding=stride % 2)
 
 
 class Snake(nn.Module):

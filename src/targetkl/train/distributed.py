@@ -1,7 +1,8 @@
 """Data-parallel training on ``torch.distributed`` (NCCL on GPUs, gloo on CPU), launched by ``torchrun``.
 
-``train.batch_size`` is the batch of one process; N processes train exactly like one process with a
-batch of ``N * batch_size``: each rank takes its slice of the global batch of crops (a pure function of
+``train.batch_size`` is the batch of one process; N processes train like one process with a batch of
+``N * batch_size`` (exactly so for every loss term that is a mean over clips; spectral convergence is
+taken over each process's batch): each rank takes its slice of the global batch of crops (a pure function of
 seed and step) and of the global batch's posterior noise, gradients are averaged by DDP, and the KL
 controllers update on the all-reduced batch KL. Rank 0 alone writes logs and checkpoints.
 """
