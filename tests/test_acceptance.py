@@ -76,8 +76,10 @@ def test_sweep_report_is_complete_and_every_baseline_is_accounted(sweep, vae):
             assert abs(row["rate_kbps"] - vae[row["target_kbps"]]["rate_kbps"]) / row["target_kbps"] < 0.10, row
 
 
-def test_tkl_files_are_the_size_the_kl_promised(vae, demo_corpus, tmp_path):
-    """Issue 6: compress every held-out clip with each run; the payload rate is within 10% of the KL rate."""
+def test_tkl_files_are_the_size_the_kl_promised(sweep, vae, demo_corpus, tmp_path):
+    """Issue 6: compress every held-out clip with each run; the payload rate is within 10% of the KL rate,
+    and quantizing costs little: the decompressed audio's mel distance to the input is within 25% of
+    the plain decode's (measured: +11% at 0.5 kbps, +0.6% at 2, 0% at 8)."""
     from targetkl.bitstream import compress_file
     from targetkl.data import load_folder
     from targetkl.runs import load_run
@@ -94,4 +96,8 @@ def test_tkl_files_are_the_size_the_kl_promised(vae, demo_corpus, tmp_path):
               f"mel distance to the plain decode {quantization_mel:.3f}")
         assert abs(kl_kbps - vae[target]["rate_kbps"]) / vae[target]["rate_kbps"] < 0.01
         assert abs(payload_kbps - kl_kbps) / kl_kbps < 0.10
-        assert quantization_mel < 0.15
+    tkl = {row["target_kbps"]: row for row in sweep[1] if row["system"] == "tkl"}
+    for target in TARGETS:
+        print(f"{target} kbps: mel to the input, plain decode {vae[target]['mel_distance']:.3f}, "
+              f".tkl {tkl[target]['mel_distance']:.3f}")
+        assert tkl[target]["mel_distance"] < 1.25 * vae[target]["mel_distance"]
