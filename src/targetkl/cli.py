@@ -124,7 +124,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
           f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, file {report['file_kbps']:.3f} kbps; "
           f"mel distance {report['mel_distance']:.4f} (plain decode of the mean: {report['mel_distance_mean_decode']:.4f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        from targetkl.train.checkpoint import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
     return 0
 
 
@@ -140,15 +142,20 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from targetkl.demo import run_demo
 
-    kbps = [float(x) for x in args.kbps.split(",") if x.strip()]
+    kbps = _float_list(args.kbps, "--kbps")
     summary = run_demo(Path(args.out), kbps, steps=args.steps, clips=args.clips, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
 
+def _names(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _float_list(text: str, option: str) -> list[float]:
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in _names(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
 
@@ -157,8 +164,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from targetkl.eval.report import rate_rows
     from targetkl.eval.sweep import run_sweep
 
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    rows, sweep = run_sweep(args.data, args.out, _float_list(args.kbps, "--kbps"), baselines,
+    rows, sweep = run_sweep(args.data, args.out, _float_list(args.kbps, "--kbps"), _names(args.baselines),
                             preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
                             betas=tuple(_float_list(args.betas, "--betas")),
                             ae_widths=tuple(int(w) for w in _float_list(args.ae_widths, "--ae-widths")),
@@ -176,8 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_controllers(args: argparse.Namespace) -> int:
     from targetkl.eval.controllers import compare_controllers, format_rows
 
-    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
-    rows = compare_controllers(args.data, args.out, _float_list(args.kbps, "--kbps"), controllers,
+    rows = compare_controllers(args.data, args.out, _float_list(args.kbps, "--kbps"), _names(args.controllers),
                                preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
                                progress=not args.quiet)
     print(format_rows(rows))
@@ -188,9 +193,8 @@ def cmd_controllers(args: argparse.Namespace) -> int:
 def cmd_sanity(args: argparse.Namespace) -> int:
     from targetkl.sanity import SanityConfig, format_table, run_sanity
 
-    controllers = [c.strip() for c in args.controllers.split(",") if c.strip()]
     config = SanityConfig(steps=args.steps, seed=args.seed)
-    rows = run_sanity(controllers, _float_list(args.bits, "--bits"), config, progress=not args.quiet)
+    rows = run_sanity(_names(args.controllers), _float_list(args.bits, "--bits"), config, progress=not args.quiet)
     print(format_table(rows))
     if args.json:
         from targetkl.train.checkpoint import write_text_atomic

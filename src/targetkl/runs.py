@@ -9,7 +9,7 @@ import torch
 
 from targetkl.config import Config, load_run_config
 from targetkl.models.codec import Codec
-from targetkl.train.checkpoint import CheckpointError, latest_checkpoint, load_module
+from targetkl.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_module
 
 
 @dataclass
@@ -31,4 +31,4 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     weights = folder / "ema.safetensors" if use_ema and (folder / "ema.safetensors").is_file() else folder / "model.safetensors"
     load_module(model, weights)
     model.to(device).eval()
-    return LoadedRun(run_dir, config, model, int(folder.name.split("-")[1]))
+    return LoadedRun(run_dir, config, model, checkpoint_step(folder))

@@ -7,11 +7,10 @@ results go to ``OUT/controllers.json``, ``controllers.csv`` and ``controllers.pn
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
+from targetkl.eval.report import figure_png, write_csv
 from targetkl.eval.sweep import Sweep, SweepPoint
 from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
 from targetkl.train.logger import read_metrics
@@ -63,11 +62,7 @@ def plot_rates(rows: list[dict], series: dict[str, list[tuple[int, float]]]) -> 
         axis.set_ylabel("rate (kbps, whole training clips)")
         axis.set_title(f"target {target:g} kbps")
         axis.legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def compare_controllers(data: str | Path, out: str | Path, kbps: list[float], controllers: list[str],
@@ -89,11 +84,7 @@ def compare_controllers(data: str | Path, out: str | Path, kbps: list[float], co
                      "mel_distance": result["mel_distance"], "stft_distance": result["stft_distance"],
                      "si_sdr": result["si_sdr"], "run": str(run)})
     write_text_atomic(out / "controllers.json", json.dumps(rows, indent=2) + "\n")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "controllers.csv", buffer.getvalue())
+    write_csv(out / "controllers.csv", rows, COLUMNS)
     write_bytes_atomic(out / "controllers.png", plot_rates(rows, series))
     return rows
 

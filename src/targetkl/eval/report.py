@@ -34,13 +34,25 @@ def rate_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if _has_value(r.get("rate_kbps"))]
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
+    """Atomically write ``columns`` of ``rows``; missing and NaN values as empty cells."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if not _has_value(row.get(k)) else row.get(k)) for k in COLUMNS})
+        writer.writerow({k: ("" if not _has_value(row.get(k)) else row.get(k)) for k in columns})
     write_text_atomic(path, buffer.getvalue())
+
+
+def figure_png(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (100 dpi, tight layout); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def plot_rate_distortion(rows: list[dict]) -> bytes:
@@ -72,11 +84,7 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
         axis.axis("off")
     if metrics:
         axes.flat[0].legend(fontsize=8)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(figure)
 
 
 def _format(value, digits: int = 3) -> str:

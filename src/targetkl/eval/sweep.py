@@ -26,12 +26,11 @@ from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
-from targetkl.eval.evaluate import evaluate_run
-from targetkl.eval.measure import reconstruct
+from targetkl.eval.measure import measure_rate_and_distortion, reconstruct
 from targetkl.eval.metrics import clip_metrics, mean_metrics
 from targetkl.eval.report import METRICS, write_report
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import latest_checkpoint, write_text_atomic
+from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint, write_text_atomic
 from targetkl.train.trainer import Trainer
 
 TRAINED_SYSTEMS = ("vae", "rvq", "beta", "ae")
@@ -180,20 +179,25 @@ class Sweep:
             payload_bits += 32 * header.payload_words
             file_bytes += len(data)
             decoded.append(audio)
-        samples = sum(len(clip.audio) for clip in self.held_out)
-        seconds = samples / sample_rate
-        metrics = mean_metrics([clip_metrics(c.audio, d, sample_rate, self.perceptual)
-                                for c, d in zip(self.held_out, decoded)])
+        seconds = sum(len(clip.audio) for clip in self.held_out) / sample_rate
         rate_kbps = payload_bits / seconds / 1000
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
-               "rate_error_percent": 100 * (rate_kbps - point.target_kbps) / point.target_kbps,
+               "rate_error_percent": _rate_error_percent(rate_kbps, point.target_kbps),
                "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
                "perceptual": self.perceptual,
-               "audio": _write_examples(self.out / "audio" / f"tkl-{point.label}", decoded[: len(self.example_clips)],
-                                        sample_rate),
-               **{k: metrics[k] for k in METRICS if k in metrics}}
-        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
-        return row
+               "audio": self._examples(f"tkl-{point.label}", decoded, sample_rate),
+               **self._distortion(decoded, sample_rate)}
+        return _save_row(cache, row)
+
+    def _distortion(self, decoded: list[np.ndarray], sample_rate: int) -> dict[str, float]:
+        """Mean of each metric in ``METRICS`` over the held-out clips against their decoded versions."""
+        metrics = mean_metrics([clip_metrics(clip.audio, audio, sample_rate, self.perceptual)
+                                for clip, audio in zip(self.held_out, decoded)])
+        return {k: metrics[k] for k in METRICS if k in metrics}
+
+    def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:
+        """Write the decoded versions of the example clips (the first held-out ones) under ``audio/name``."""
+        return _write_examples(self.out / "audio" / name, decoded[: len(self.example_clips)], sample_rate)
 
     def _trained(self, point: SweepPoint) -> dict:
         config = self.config_for(point)
@@ -206,28 +210,26 @@ class Sweep:
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run()
             self.trained.append(point.name)
-        result = evaluate_run(run, self.data, perceptual=self.perceptual, progress=False)
         loaded = load_run(run)
+        result = measure_rate_and_distortion(loaded.model, self.held_out, perceptual=self.perceptual)
         decoded = [reconstruct(loaded.model, clip.audio)[0] for clip in self.example_clips]
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
-               "rate_kbps": result["rate_kbps"], "run": str(run), "step": result["step"],
+               "rate_kbps": result["rate_kbps"], "run": str(run), "step": loaded.step,
                "perceptual": self.perceptual,
-               "audio": _write_examples(self.out / "audio" / point.name, decoded, config.model.sample_rate),
+               "audio": self._examples(point.name, decoded, config.model.sample_rate),
                **{k: result[k] for k in METRICS if k in result}}
         if point.system == "ae":
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         if point.system == "beta":
             row["beta"] = config.rate.beta
-        row["rate_error_percent"] = (100 * (row["rate_kbps"] - point.target_kbps) / point.target_kbps
-                                     if point.target_kbps and row["rate_kbps"] is not None else None)
-        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
-        return row
+        row["rate_error_percent"] = _rate_error_percent(row["rate_kbps"], point.target_kbps)
+        return _save_row(cache, row)
 
     @staticmethod
     def _finished_step(run: Path) -> int | None:
         folder = latest_checkpoint(run) if run.is_dir() else None
-        return int(folder.name.split("-")[1]) if folder is not None else None
+        return checkpoint_step(folder) if folder is not None else None
 
     def _classic(self, point: SweepPoint) -> dict:
         cache = self.out / "classic" / f"{point.name}.json"
@@ -237,16 +239,13 @@ class Sweep:
         sample_rate = self.base.model.sample_rate
         audio = [clip.audio for clip in self.held_out]
         decoded, payload = run_classic(point.system, point.setting, audio, sample_rate)
-        metrics = mean_metrics([clip_metrics(a, d, sample_rate, self.perceptual) for a, d in zip(audio, decoded)])
         measured = payload_kbps(payload, sum(len(a) for a in audio), sample_rate)
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
-               "rate_kbps": measured, "rate_error_percent": 100 * (measured - point.target_kbps) / point.target_kbps,
+               "rate_kbps": measured, "rate_error_percent": _rate_error_percent(measured, point.target_kbps),
                "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
-               "audio": _write_examples(self.out / "audio" / point.name, decoded[: len(self.example_clips)], sample_rate),
-               **{k: metrics[k] for k in METRICS if k in metrics}}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
-        return row
+               "audio": self._examples(point.name, decoded, sample_rate),
+               **self._distortion(decoded, sample_rate)}
+        return _save_row(cache, row)
 
     def run(self, points: list[SweepPoint]) -> list[dict]:
         rows = []
@@ -254,6 +253,20 @@ class Sweep:
             rows.extend(self.run_point(point))
         return rows
 
+
+
+def _rate_error_percent(rate_kbps: float | None, target_kbps: float | None) -> float | None:
+    """``100 * (measured - target) / target``, or ``None`` when either is missing."""
+    if not target_kbps or rate_kbps is None:
+        return None
+    return 100 * (rate_kbps - target_kbps) / target_kbps
+
+
+def _save_row(cache: Path, row: dict) -> dict:
+    """Write a point's row (NaN as null) atomically to its cache file; return the row."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cache, json.dumps(_clean(row), indent=2) + "\n")
+    return row
 
 
 def _clean(row: dict) -> dict:

@@ -10,37 +10,44 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class WeightNormConv1d(nn.Conv1d):
-    """``Conv1d`` with weight normalization, ``weight = g * v / ||v||`` (norm over all but dim 0).
+class _WeightNorm:
+    """Weight normalization for a conv's ``weight``: ``weight = g * v / ||v||``, the norm over all but dim 0.
 
     The same maths as ``torch.nn.utils.parametrizations.weight_norm``, computed in ``forward`` with the
     fused ``torch._weight_norm``: the parametrization machinery costs a few percent on small CPU models.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _split_weight(self) -> None:
         direction = self.weight.detach().clone()
         del self.weight
         self.weight_v = nn.Parameter(direction)
         self.weight_g = nn.Parameter(direction.flatten(1).norm(dim=1).reshape(-1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias)
+    def normalized_weight(self) -> torch.Tensor:
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
 
-class WeightNormConvTranspose1d(nn.ConvTranspose1d):
-    """``ConvTranspose1d`` with weight normalization over all but dim 0 (input channels), as above."""
+class WeightNormConv1d(_WeightNorm, nn.Conv1d):
+    """``Conv1d`` with weight normalization (see ``_WeightNorm``)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        direction = self.weight.detach().clone()
-        del self.weight
-        self.weight_v = nn.Parameter(direction)
-        self.weight_g = nn.Parameter(direction.flatten(1).norm(dim=1).reshape(-1, 1, 1))
+        self._split_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv_transpose1d(x, torch._weight_norm(self.weight_v, self.weight_g, 0), self.bias, self.stride,
-                                  self.padding, self.output_padding, self.groups, self.dilation)
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+
+class WeightNormConvTranspose1d(_WeightNorm, nn.ConvTranspose1d):
+    """``ConvTranspose1d`` with weight normalization over all but dim 0 (input channels)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._split_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose1d(x, self.normalized_weight(), self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
 
 
 def wn_conv1d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,

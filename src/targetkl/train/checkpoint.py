@@ -118,6 +118,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def checkpoint_step(folder: Path) -> int:
+    """The step a ``step-NNNNNNNN`` checkpoint folder holds."""
+    return int(folder.name.split("-")[1])
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
