@@ -39,3 +39,19 @@ def quick_config(**sections):
     config = apply_overrides(preset("tiny"), overrides)
     validate(config)
     return config
+
+
+def chromium_flags() -> list[str]:
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium is needed for the report check: apt-get install chromium"
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
+
+
+def chromium_dom(page) -> str:
+    """The page's DOM after load, as headless Chromium renders it."""
+    import subprocess
+
+    return subprocess.run(chromium_flags() + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
+                          timeout=120).stdout

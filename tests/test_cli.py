@@ -8,7 +8,8 @@ import soundfile as sf
 
 from targetkl.cli import build_parser, main
 
-SUBCOMMANDS = ["demo", "corpus", "train", "eval", "encode", "decode", "compress", "decompress"]
+SUBCOMMANDS = ["demo", "corpus", "train", "eval", "encode", "decode", "compress", "decompress", "sweep", "controllers",
+               "sanity", "pre-encode", "gen-train", "generate", "select"]
 
 
 def test_help_for_every_subcommand(capsys):

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import chromium_dom, chromium_flags
 from targetkl.config import resolve
 from targetkl.eval.sweep import SweepError, plan_sweep, run_sweep, rvq_layout
 from targetkl.models.codec import Codec
@@ -121,11 +122,9 @@ def test_report_page_renders_in_headless_chromium_and_its_audio_decodes(small_sw
     page = out / "report.html"
     text = page.read_text()
     assert "rd.png" in text
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is needed for the report check: apt-get install chromium"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"]
-    dom = subprocess.run(flags + ["--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    assert 'data-plot="loaded"' in dom
+    flags = chromium_flags()
+    dom = chromium_dom(page)
+    assert 'data-plot="loaded"' in dom and 'data-plots="1"' in dom
     shot = tmp_path / "report.png"
     subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
     import matplotlib.image

@@ -203,6 +203,63 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gen_config(args: argparse.Namespace):
+    from targetkl.gen.train import gen_config
+
+    return gen_config(args.gen_preset, args.set, steps=args.steps, seed=args.seed)
+
+
+def cmd_pre_encode(args: argparse.Namespace) -> int:
+    from targetkl.gen.dataset import pre_encode
+
+    info = pre_encode(args.run, args.data, args.out, progress=not args.quiet)
+    rate_text = f"; held-out rate {info['rate_kbps']:.4f} kbps" if info.get("rate_kbps") is not None else ""
+    print(f"wrote latents of {info['clips']} clips ({info['captioned']} captioned) to {args.out}{rate_text}")
+    return 0
+
+
+def cmd_gen_train(args: argparse.Namespace) -> int:
+    from targetkl.gen.train import GenTrainer
+
+    result = GenTrainer(_gen_config(args), args.latents, args.out, progress=not args.quiet).run()
+    print(f"trained {args.out} to step {result['step']}; held-out flow-matching loss {result['val_loss']:.4f} "
+          f"({result['frames']} latent frames per clip)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from targetkl.gen.sample import generate_file
+
+    info = generate_file(args.generator, args.prompt, args.output, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                         seconds=args.seconds)
+    print(f"wrote {args.output}: {info['seconds']:.2f} s at {info['sample_rate']} Hz")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from targetkl.gen.select import run_select
+
+    result = run_select(args.sweep, args.data, _gen_config(args), repeats=args.repeats, sample_steps=args.sample_steps,
+                        cfg=args.cfg, seed=args.seed or 0, progress=not args.quiet)
+    print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'val':>6}")
+    for row in result["rows"]:
+        print(f"{row['label']:<10} {row['rate_kbps']:>7.3f} {row['mel_distance']:>6.3f} {row['text_match']:>6.3f} "
+              f"{row['text_match_random_latents']:>7.3f} {row['text_match_reconstructions']:>6.3f} "
+              f"{row['frechet_distance']:>8.3f} {row['val_loss']:>6.3f}")
+    print(f"best bitrate: {result['best_kbps']:.3f} kbps ({result['best_label']}); wrote generation.json, "
+          f"generation.csv, generation.png and a section of report.html in {args.sweep}")
+    return 0
+
+
+def _add_gen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gen-preset", default="tiny", help="generator preset: tiny (default) or base")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one generator setting, e.g. --set width=256; repeatable")
+    parser.add_argument("--steps", type=int, default=None, help="generator training steps")
+    parser.add_argument("--seed", type=int, default=None, help="random seed")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="targetkl",
@@ -312,6 +369,51 @@ def build_parser() -> argparse.ArgumentParser:
                              "shannon_distortion, gap_db")
     sanity.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sanity.set_defaults(func=cmd_sanity)
+
+    pre = sub.add_parser("pre-encode", help="store a run's latents (posterior mean and std) with captions",
+                         description="Encode every clip of DATA (train and held-out split) with RUN's encoder in "
+                                     "eval mode into LATENTS/latents.safetensors, with manifest.jsonl (captions, "
+                                     "labels, split) and info.json (the run, frame rate, measured held-out rate).")
+    pre.add_argument("run", help="run folder (a vae run)")
+    pre.add_argument("--data", required=True, help="folder of audio with captions.jsonl (or a captions CSV)")
+    pre.add_argument("--out", required=True, help="latents folder to write")
+    pre.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pre.set_defaults(func=cmd_pre_encode)
+
+    gen_train = sub.add_parser("gen-train", help="train the text-to-latent generator (flow matching, CFG)",
+                               description="Train a small diffusion transformer with rectified flow matching on "
+                                           "pre-encoded latents, conditioned on MiniLM caption embeddings (dropped "
+                                           "10%% of the time for classifier-free guidance). Resumes if GEN has a "
+                                           "checkpoint.")
+    gen_train.add_argument("--latents", required=True, help="folder written by `targetkl pre-encode`")
+    gen_train.add_argument("--out", required=True, help="generator folder")
+    _add_gen_arguments(gen_train)
+    gen_train.set_defaults(func=cmd_gen_train)
+
+    generate = sub.add_parser("generate", help="text to audio with a trained generator and its VAE",
+                              description="Sample latents for PROMPT with classifier-free guidance and decode them "
+                                          "with the VAE the generator was trained on.")
+    generate.add_argument("generator", help="generator folder (from `targetkl gen-train`)")
+    generate.add_argument("prompt", help='text, e.g. "a low plucked string note"')
+    generate.add_argument("output", help="wav file to write")
+    generate.add_argument("--steps", type=int, default=32, help="Euler sampling steps (default: 32)")
+    generate.add_argument("--cfg", type=float, default=3.0, help="guidance scale; 1 = conditional model only (default: 3)")
+    generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    generate.add_argument("--seconds", type=float, default=None, help="length (default: the training clips' length)")
+    generate.set_defaults(func=cmd_generate)
+
+    select = sub.add_parser("select", help="train a generator on each VAE of a sweep and pick the best bitrate",
+                            description="For every target-KL VAE of SWEEP: pre-encode, train the same generator "
+                                        "with the same budget, score text match and Frechet distance against a "
+                                        "judge trained on the corpus (and against random latents). Writes "
+                                        "generation.json/csv/png and a report.html section; names the best bitrate.")
+    select.add_argument("--sweep", required=True, help="sweep folder (from `targetkl sweep`)")
+    select.add_argument("--data", default=None, help="audio folder (default: the one the sweep used)")
+    select.add_argument("--repeats", type=int, default=3, help="generations per held-out caption (default: 3)")
+    select.add_argument("--sample-steps", type=int, default=32, help="Euler sampling steps (default: 32)")
+    select.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: 3)")
+    _add_gen_arguments(select)
+    select.set_defaults(func=cmd_select)
 
     _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
                   "Encode IN (any audio file) with RUN's encoder; the latent file holds the posterior mean (and std), "

@@ -5,9 +5,11 @@ from targetkl.config import ConfigError
 from targetkl.data.audio import DataError
 from targetkl.eval.classic import CodecToolError
 from targetkl.eval.sweep import SweepError
+from targetkl.gen.dataset import LatentSetError
+from targetkl.gen.text import TextEncoderError
 from targetkl.latents import LatentFileError
 from targetkl.train.checkpoint import CheckpointError
 from targetkl.train.trainer import TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, BitstreamError,
-               CodecToolError, SweepError, FileNotFoundError)
+               CodecToolError, SweepError, LatentSetError, TextEncoderError, FileNotFoundError)

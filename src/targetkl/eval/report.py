@@ -101,10 +101,13 @@ def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _audio_tag(path: str, out: Path) -> str:
+    return f'<audio controls preload="metadata" src="{html.escape(os.path.relpath(path, out))}"></audio>'
+
+
 def _players(rows: list[dict], originals: list[str], out: Path) -> str:
     def audio(path: str) -> str:
-        relative = os.path.relpath(path, out)
-        return f'<audio controls preload="metadata" src="{html.escape(relative)}"></audio>'
+        return _audio_tag(path, out)
 
     head = "<th>system</th><th>point</th>" + "".join(f"<th>clip {i}</th>" for i in range(len(originals)))
     lines = ["<tr><td>original</td><td></td>" + "".join(f"<td>{audio(p)}</td>" for p in originals) + "</tr>"]
@@ -119,14 +122,16 @@ STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-
 td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#eee}
 td:first-child,td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #ddd}audio{width:180px}"""
 
-# Marks the body once the plot has loaded, so a headless browser can check the page rendered.
+# Marks the body once every plot has loaded, so a headless browser can check the page rendered.
 CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
-  var plot = document.getElementById('rd');
-  document.body.dataset.plot = plot.complete && plot.naturalWidth > 0 ? 'loaded' : 'missing';
+  var plots = Array.prototype.slice.call(document.getElementsByTagName('img'));
+  var loaded = plots.filter(function (p) { return p.complete && p.naturalWidth > 0; }).length;
+  document.body.dataset.plots = String(loaded);
+  document.body.dataset.plot = loaded === plots.length ? 'loaded' : 'missing';
 });</script>"""
 
 
-def render_html(rows: list[dict], originals: list[str], out: Path, title: str) -> str:
+def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None) -> str:
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
     rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", *METRICS)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -139,17 +144,62 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str) -
     if autoencoders:
         parts += ["<h2>Plain autoencoders (no honest bitrate: float latents)</h2>",
                   _table(autoencoders, ("system", "label", "latent_values_per_second", *METRICS))]
-    parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out), CHECK_SCRIPT,
-              "</body></html>"]
+    parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
+    if generation:
+        parts.append(_generation_section(generation, out))
+    parts += [CHECK_SCRIPT, "</body></html>"]
     return "\n".join(parts)
 
 
+GENERATION_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance", "text_match", "text_match_random_latents",
+                      "text_match_reconstructions", "frechet_distance", "frechet_distance_random_latents", "val_loss",
+                      "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1")
+
+
+def _generation_section(generation: dict, out: Path) -> str:
+    """``targetkl select``'s results: plot, table, the chosen bitrate and generated examples per bitrate."""
+    judge = generation["judge"]
+    rows = generation["rows"]
+    players = []
+    for row in rows:
+        cells = "".join(f"<td>{html.escape(prompt)}<br>{_audio_tag(path, out)}</td>"
+                        for prompt, path in zip(row.get("prompts") or [], row.get("audio") or []))
+        players.append(f"<tr><td>{html.escape(row['label'])}</td>{cells}</tr>")
+    return "\n".join([
+        "<h2>Generation: which bitrate's latents generate best</h2>",
+        f"<p>The same text-to-latent generator ({html.escape(str(generation['generator']))}) was trained on each "
+        f"VAE's latents. Best: <b>{generation['best_kbps']:.3f} kbps</b> ({html.escape(generation['best_label'])}; "
+        f"{html.escape(generation['selection_rule'])}).</p>",
+        f"<p>The judge is not a pretrained audio model: it is a {html.escape(judge['kind'])}, classes "
+        f"{html.escape(', '.join(judge['classes']))}, held-out accuracy on real audio {judge['held_out_accuracy']:.3f}. "
+        "Text match: the share of generated clips it assigns to the prompt's class. Random latents: Gaussian noise "
+        "with the latents' per-channel mean and std, decoded by the same VAE (the floor). Reconstructions: the "
+        "VAE's own decodes of the held-out clips (the ceiling its decoder allows). Frechet distance: "
+        f"{html.escape(generation['frechet_reference'])}. Sensitivity a: mel distance between decode(z) and "
+        "decode(z + a&middot;std&middot;noise).</p>",
+        "<img id='generation' src='generation.png' alt='generation quality vs bitrate'>",
+        _table(rows, GENERATION_COLUMNS),
+        "<h3>Generated examples</h3><table class='audio'><tbody>" + "".join(players) + "</tbody></table>"])
+
+
 def write_report(out: Path, rows: list[dict], originals: list[str], preset: str, data: str) -> None:
-    """Write ``rd.csv``, ``rd.json``, ``rd.png`` and ``report.html`` into ``out``."""
+    """Write ``rd.csv``, ``rd.json``, ``rd.png``, ``sweep.json`` (preset and data) and ``report.html``."""
     out.mkdir(parents=True, exist_ok=True)
     public = [{k: v for k, v in r.items() if k != "perceptual"} for r in rows]
     write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
+    write_text_atomic(out / "sweep.json", json.dumps({"preset": preset, "data": str(Path(data).resolve()),
+                                                      "originals": originals}, indent=2) + "\n")
     write_csv(out / "rd.csv", public)
     write_bytes_atomic(out / "rd.png", plot_rate_distortion(public))
-    title = f"targetkl rate-distortion sweep ({preset} preset, data {data})"
-    write_text_atomic(out / "report.html", render_html(public, originals, out, title))
+    refresh_report(out)
+
+
+def refresh_report(out: Path) -> None:
+    """(Re)write ``report.html`` from ``rd.json`` and ``sweep.json``, with ``targetkl select``'s section when
+    ``generation.json`` exists."""
+    rows = json.loads((out / "rd.json").read_text())
+    sweep = json.loads((out / "sweep.json").read_text())
+    generation_file = out / "generation.json"
+    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else None
+    title = f"targetkl rate-distortion sweep ({sweep['preset']} preset, data {sweep['data']})"
+    write_text_atomic(out / "report.html", render_html(rows, sweep["originals"], out, title, generation))

@@ -1,0 +1,99 @@
+"""How well a generator's audio matches real audio and its prompt, and how predictable its latents are.
+
+- ``frechet_distance``: between Gaussians fitted to judge embeddings of real and generated audio.
+- ``text_match``: the fraction of generated clips the judge assigns to the prompt's class.
+- The same two numbers for random latents (Gaussian noise with the latents' per-channel mean and std)
+  decoded by the same VAE: the floor a generator has to beat.
+- ``decoder_sensitivity``: mel distance between ``decode(z)`` and ``decode(z + a * std_c * e)`` for
+  held-out posterior means ``z``: how much an error of the generator, relative to the latent's scale,
+  costs in audio.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import linalg
+
+from targetkl.eval.metrics import mel_distance
+from targetkl.gen.classifier import Judge
+from targetkl.gen.dataset import LatentSet
+from targetkl.gen.flow import sample
+from targetkl.gen.sample import decode_latents
+from targetkl.gen.train import LoadedGenerator
+from targetkl.models.codec import Codec
+
+SENSITIVITY_LEVELS = (0.1, 0.3, 1.0)
+
+
+def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float:
+    """``|m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^1/2)`` for embeddings ``(N, D)`` and ``(M, D)``, N, M >= 2."""
+    if len(real) < 2 or len(generated) < 2:
+        raise ValueError("the Frechet distance needs at least two embeddings on each side")
+    mean_a, mean_b = real.mean(axis=0), generated.mean(axis=0)
+    cov_a = np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1])
+    cov_b = np.cov(generated, rowvar=False) + 1e-6 * np.eye(real.shape[1])
+    root = linalg.sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+def text_match(judge: Judge, audio: list[np.ndarray], classes: list[str]) -> float:
+    """Fraction of clips whose judged class is the class of their prompt."""
+    _, predicted = judge.embed(audio)
+    return float(np.mean([judge.classes[p] == c for p, c in zip(predicted, classes)]))
+
+
+@torch.no_grad()
+def decoder_sensitivity(decoder: Codec, latents: LatentSet, indices: list[int], levels=SENSITIVITY_LEVELS,
+                        seed: int = 0) -> dict[str, float]:
+    """Mean mel distance between decodes of clean and perturbed held-out means, per noise level."""
+    means = [latents.means[i] for i in indices]
+    scale = torch.cat(means, dim=-1).std(dim=-1).clamp_min(1e-6)
+    generator = torch.Generator().manual_seed(seed)
+    result = {}
+    for level in levels:
+        distances = []
+        for mean in means:
+            clean = decode_latents(decoder, mean[None])[0]
+            noise = torch.randn(mean.shape, generator=generator) * scale[:, None] * level
+            noisy = decode_latents(decoder, (mean + noise)[None])[0]
+            distances.append(mel_distance(clean, noisy, decoder.sample_rate))
+        result[f"{level:g}"] = float(np.mean(distances))
+    return result
+
+
+@torch.no_grad()
+def random_latents(generator: LoadedGenerator, count: int, frames: int, seed: int) -> torch.Tensor:
+    """Gaussian latents with the per-channel mean and std the generator was trained with."""
+    noise = torch.randn((count, generator.model.latent_dim, frames), generator=torch.Generator().manual_seed(seed))
+    return generator.model.unstandardize(noise)
+
+
+def evaluate_generator(generator: LoadedGenerator, decoder: Codec, judge: Judge, prompts: list[str],
+                       prompt_classes: list[str], text_vectors: torch.Tensor, real_audio: list[np.ndarray],
+                       steps: int = 32, cfg: float = 3.0, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
+    """Generate one clip per prompt (``text_vectors`` ``(P, text_dim)``, batch seeds from ``seed``), and
+    score it and the random-latent floor. Returns ``(metrics, generated audio)``."""
+    frames = int(generator.description["frames"])
+    generated: list[np.ndarray] = []
+    for start in range(0, len(prompts), 32):
+        latents = sample(generator.model, text_vectors[start:start + 32], frames, steps, cfg, seed + start)
+        generated += decode_latents(decoder, latents)
+    noise_audio = decode_latents(decoder, random_latents(generator, len(prompts), frames, seed + 7))
+    real_embeddings, _ = judge.embed(real_audio)
+    generated_embeddings, _ = judge.embed(generated)
+    noise_embeddings, _ = judge.embed(noise_audio)
+    metrics = {"text_match": text_match(judge, generated, prompt_classes),
+               "text_match_random_latents": text_match(judge, noise_audio, prompt_classes),
+               "frechet_distance": frechet_distance(real_embeddings, generated_embeddings),
+               "frechet_distance_random_latents": frechet_distance(real_embeddings, noise_embeddings),
+               "generated_clips": len(generated)}
+    return metrics, generated
+
+
+def prompt_rows(latents: LatentSet, indices: list[int]) -> tuple[list[str], list[str], list[int]]:
+    """Prompts (captions), their classes and latent indices for the captioned clips among ``indices``."""
+    rows = [(latents.captions[i], latents.labels[i] or latents.captions[i], i) for i in indices if latents.captions[i]]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+

@@ -1,0 +1,66 @@
+"""From prompts to audio: embed the text, sample latents with the flow model, decode with the VAE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from targetkl.gen.flow import sample
+from targetkl.gen.text import load_text_encoder
+from targetkl.gen.train import LoadedGenerator, load_generator
+from targetkl.models.codec import Codec, model_fingerprint
+from targetkl.runs import load_run
+from targetkl.train.checkpoint import CheckpointError
+
+
+def decoder_for(generator: LoadedGenerator) -> Codec:
+    """The VAE whose latents the generator learned, checked by fingerprint."""
+    info = generator.description["latents_info"]
+    run = Path(info["run"])
+    if not run.is_dir():
+        raise CheckpointError(f"{generator.folder}: its VAE run {run} is gone; restore it there (the latents "
+                              "were made by it and only it can decode them)")
+    model = load_run(run).model
+    if model_fingerprint(model) != info["fingerprint"]:
+        raise CheckpointError(f"{run}: has changed since {generator.description['latents']} was pre-encoded; "
+                              "pre-encode again and retrain the generator")
+    return model
+
+
+def frames_for(generator: LoadedGenerator, seconds: float | None) -> int:
+    if seconds is None:
+        return int(generator.description["frames"])
+    frames = int(round(seconds * float(generator.description["latents_info"]["frame_rate"])))
+    if frames < 1:
+        raise ValueError(f"--seconds {seconds}: too short for one latent frame")
+    return frames
+
+
+@torch.no_grad()
+def generate_latents(generator: LoadedGenerator, prompts: list[str], frames: int, steps: int = 32, cfg: float = 3.0,
+                     seed: int = 0) -> torch.Tensor:
+    """``(len(prompts), latent_dim, frames)`` latents in the VAE's scale."""
+    encoder = load_text_encoder(generator.config["text_encoder"])
+    text = torch.from_numpy(encoder.encode(prompts))
+    return sample(generator.model, text, frames, steps, cfg, seed)
+
+
+@torch.no_grad()
+def decode_latents(decoder: Codec, latents: torch.Tensor) -> list[np.ndarray]:
+    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` float32 audio clipped to [-1, 1]."""
+    decoder.eval()
+    audio = decoder.decode(latents.float()).clamp(-1, 1)
+    return [a[0].numpy().astype(np.float32) for a in audio]
+
+
+def generate_file(generator_dir: str | Path, prompt: str, out: str | Path, steps: int = 32, cfg: float = 3.0,
+                  seed: int = 0, seconds: float | None = None) -> dict:
+    generator = load_generator(generator_dir)
+    decoder = decoder_for(generator)
+    frames = frames_for(generator, seconds)
+    audio = decode_latents(decoder, generate_latents(generator, [prompt], frames, steps, cfg, seed))[0]
+    sf.write(str(out), audio, decoder.sample_rate, subtype="PCM_16")
+    return {"samples": len(audio), "sample_rate": decoder.sample_rate, "seconds": len(audio) / decoder.sample_rate}

@@ -1,0 +1,226 @@
+"""``targetkl select``: train the same generator on every target-KL VAE of a sweep and pick the bitrate
+whose latents generate best.
+
+Layout added to a sweep folder::
+
+    SWEEP/generation/judge/                   the audio classifier (shared by all VAEs; retrained when they change)
+    SWEEP/generation/<label>/latents/         pre-encoded latents of vae-<label>
+    SWEEP/generation/<label>/gen/             its generator (resumed or reused like any run)
+    SWEEP/generation/<label>/eval.json        its scores (reused while the generator is unchanged)
+    SWEEP/audio/gen-<label>/clipN.wav         generated examples (prompts in eval.json) for the report
+    SWEEP/generation.json, generation.csv, generation.png; a section in report.html
+
+The best bitrate is the one with the highest text match; ties go to the lower Frechet distance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from targetkl.data import load_folder
+from targetkl.eval.report import GENERATION_COLUMNS, figure_png, refresh_report, write_csv
+from targetkl.eval.sweep import SweepError, _read_json, _write_examples
+from targetkl.gen.classifier import Judge, load_judge, train_judge
+from targetkl.gen.dataset import load_latent_set, pre_encode
+from targetkl.gen.evaluate import decoder_sensitivity, evaluate_generator, prompt_rows, text_match
+from targetkl.gen.sample import decode_latents
+from targetkl.gen.text import load_text_encoder
+from targetkl.gen.train import GenConfig, GenTrainer, load_generator
+from targetkl.models.codec import model_fingerprint
+from targetkl.runs import load_run
+from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
+
+SELECTION_RULE = "highest text_match; ties broken by the lower frechet_distance"
+EXAMPLES = 3
+
+
+def sweep_data(sweep: Path, data: str | Path | None) -> Path:
+    if data is not None:
+        return Path(data)
+    recorded = _read_json(sweep / "sweep.json") or {}
+    if not recorded.get("data"):
+        raise SweepError(f"{sweep}/sweep.json does not name the sweep's data; pass --data DIR")
+    return Path(recorded["data"])
+
+
+def vae_rows(sweep: Path) -> list[dict]:
+    rows = _read_json(sweep / "rd.json")
+    if rows is None:
+        raise SweepError(f"{sweep}/rd.json: not found; run `targetkl sweep --out {sweep}` first")
+    vaes = sorted((r for r in rows if r.get("system") == "vae"), key=lambda r: r["rate_kbps"])
+    if not vaes:
+        raise SweepError(f"{sweep}/rd.json has no target-KL VAE rows; run a sweep with --kbps first")
+    return vaes
+
+
+def _latents_for(run: Path, data: Path, folder: Path, progress: bool) -> None:
+    """Pre-encode unless the stored latents were made by the run's current weights from ``data``."""
+    info = _read_json(folder / "info.json")
+    current = model_fingerprint(load_run(run).model)
+    if info is None or info.get("fingerprint") != current or info.get("data") != str(data.resolve()):
+        pre_encode(run, data, folder, progress=progress)
+
+
+RESUMABLE = ("steps", "log_every", "validate_every", "checkpoint_every", "device")
+
+
+def _forget_stale_generator(folder: Path, config: GenConfig) -> None:
+    """Delete ``folder/gen`` when it was trained on other latents than ``folder/latents`` holds now (the
+    VAE was retrained) or with other settings than ``config`` (more steps resume instead): select owns
+    the folder, and such a generator would not answer the question asked."""
+    saved = _read_json(folder / "gen" / "gen_config.json")
+    if saved is None:
+        return
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE}
+    had = {k: v for k, v in saved.get("config", {}).items() if k not in RESUMABLE}
+    if saved.get("latents_info") != _read_json(folder / "latents" / "info.json") or had != wanted:
+        shutil.rmtree(folder / "gen")
+
+
+def _judge(sweep: Path, vaes: list[dict], data: Path, steps: int, progress: bool) -> Judge:
+    """The sweep's judge: reused while the VAEs are the same, else trained on the real training clips and
+    every VAE's reconstructions of them."""
+    folder = sweep / "generation" / "judge"
+    latent_sets = [load_latent_set(sweep / "generation" / row["label"] / "latents") for row in vaes]
+    fingerprints = [latents.info["fingerprint"] for latents in latent_sets]
+    judge = load_judge(folder)
+    if judge is not None and judge.trained_on == fingerprints:
+        return judge
+    decoded = []
+    for row, latents in zip(vaes, latent_sets):
+        model = load_run(row["run"]).model
+        for index in tqdm(latents.indices("train"), desc=f"decoding {row['label']} for the judge",
+                          disable=not progress, leave=False):
+            name = latents.labels[index] or latents.captions[index]
+            if name:
+                decoded.append((decode_latents(model, latents.means[index][None])[0], name))
+    sample_rate = int(latent_sets[0].info["sample_rate"])
+    return train_judge(data, folder, sample_rate, steps=steps, decoded=decoded, trained_on=fingerprints,
+                       progress=progress)
+
+
+def _example_prompts(prompts: list[str], classes: list[str]) -> list[int]:
+    """Indices of up to ``EXAMPLES`` prompts of different classes (the first of each)."""
+    chosen, seen = [], set()
+    for index, name in enumerate(classes):
+        if name not in seen:
+            chosen.append(index)
+            seen.add(name)
+    return chosen[:EXAMPLES]
+
+
+def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.ndarray], config: GenConfig,
+                   repeats: int, sample_steps: int, cfg: float, seed: int) -> dict:
+    folder = sweep / "generation" / row["label"]
+    generator = load_generator(folder / "gen")
+    settings = {"gen_step": generator.step, "fingerprint": generator.description["latents_info"]["fingerprint"],
+                "repeats": repeats, "sample_steps": sample_steps, "cfg": cfg, "seed": seed,
+                "judge_trained_on": judge.trained_on, "judge_accuracy": judge.accuracy}
+    cached = _read_json(folder / "eval.json")
+    if cached is not None and all(cached.get(k) == v for k, v in settings.items()):
+        return cached
+    loaded = load_run(row["run"])
+    latents = load_latent_set(folder / "latents")
+    held_out = latents.indices("held_out") or latents.indices("train")
+    prompts, classes, indices = prompt_rows(latents, held_out)
+    if not prompts:
+        raise SweepError(f"{folder / 'latents'}: no captioned held-out clips to prompt with; add captions.jsonl")
+    text = torch.from_numpy(load_text_encoder(config.text_encoder).encode(prompts))
+    metrics, generated = evaluate_generator(generator, loaded.model, judge, prompts * repeats, classes * repeats,
+                                            text.repeat(repeats, 1), real_audio, sample_steps, cfg, seed)
+    reconstructions = [decode_latents(loaded.model, latents.means[i][None])[0] for i in indices]
+    sensitivity = decoder_sensitivity(loaded.model, latents, held_out)
+    examples = _example_prompts(prompts, classes)
+    result = {"label": row["label"], "target_kbps": row.get("target_kbps"), "rate_kbps": row["rate_kbps"],
+              "latents_rate_kbps": latents.info.get("rate_kbps"), "mel_distance": row.get("mel_distance"),
+              "run": row["run"], **metrics,
+              "text_match_reconstructions": text_match(judge, reconstructions, classes),
+              "val_loss": _val_loss(folder / "gen"), **{f"sensitivity_{k}": v for k, v in sensitivity.items()},
+              "prompts": [prompts[i] for i in examples],
+              "audio": _write_examples(sweep / "audio" / f"gen-{row['label']}", [generated[i] for i in examples],
+                                       loaded.model.sample_rate),
+              **settings}
+    write_text_atomic(folder / "eval.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _val_loss(generator_dir: Path) -> float | None:
+    """The last held-out validation loss the generator logged."""
+    values = [json.loads(line) for line in (generator_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    held_out = [v["loss"] for v in values if v.get("split") == "held_out"]
+    return held_out[-1] if held_out else None
+
+
+def best_row(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["text_match"], -r["frechet_distance"]))
+
+
+def plot_generation(rows: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rate = [r["rate_kbps"] for r in rows]
+    figure, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    panels = (("text_match", "text_match_random_latents", "text match (higher is better)"),
+              ("frechet_distance", "frechet_distance_random_latents", "Frechet distance (lower is better)"),
+              ("mel_distance", None, "reconstruction mel distance (lower is better)"),
+              ("val_loss", None, "generator held-out loss (lower: more predictable)"))
+    for axis, (key, floor, title) in zip(axes, panels):
+        axis.plot(rate, [r[key] for r in rows], "o-", label="generated" if floor else key)
+        if floor:
+            axis.plot(rate, [r[floor] for r in rows], "s--", color="gray", label="random latents, same VAE")
+            axis.legend(fontsize=8)
+        if key == "text_match":
+            axis.plot(rate, [r["text_match_reconstructions"] for r in rows], "^:", label="VAE reconstructions")
+            axis.legend(fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xticks(rate, [f"{r:.3g}" for r in rate])
+        axis.minorticks_off()
+        axis.set_xlabel("measured rate (kbps, held-out)")
+        axis.set_title(title, fontsize=10)
+        axis.grid(True, which="both", alpha=0.3)
+    best = best_row(rows)
+    axes[0].axvline(best["rate_kbps"], color="green", alpha=0.4)
+    return figure_png(figure)
+
+
+def run_select(sweep: str | Path, data: str | Path | None = None, config: GenConfig | None = None,
+               repeats: int = 3, sample_steps: int = 32, cfg: float = 3.0, seed: int = 0, judge_steps: int = 400,
+               progress: bool = True) -> dict:
+    """Train (or reuse) a generator per VAE of the sweep, score them, write the outputs; returns
+    ``generation.json``'s content."""
+    sweep = Path(sweep)
+    config = config or GenConfig()
+    vaes = vae_rows(sweep)
+    data = sweep_data(sweep, data)
+    for row in vaes:
+        _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress)
+    judge = _judge(sweep, vaes, data, judge_steps, progress)
+    real_audio = [c.audio for c in load_folder(data, judge.sample_rate, "all", progress=False).clips]
+    rows = []
+    for row in tqdm(vaes, desc="select", disable=not progress, dynamic_ncols=True):
+        folder = sweep / "generation" / row["label"]
+        _forget_stale_generator(folder, config)
+        GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
+        rows.append(evaluate_point(sweep, row, judge, real_audio, config, repeats, sample_steps, cfg, seed))
+    best = best_row(rows)
+    result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
+              "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
+                        "kind": "log-mel CNN trained on the corpus labels (see targetkl.gen.classifier)"},
+              "frechet_reference": f"judge embeddings of all {len(real_audio)} real clips of {data}",
+              "generator": {"preset": config.preset, "steps": config.steps, "sample_steps": sample_steps, "cfg": cfg},
+              "rows": rows}
+    write_text_atomic(sweep / "generation.json", json.dumps(result, indent=2) + "\n")
+    write_csv(sweep / "generation.csv", rows, GENERATION_COLUMNS)
+    write_bytes_atomic(sweep / "generation.png", plot_generation(rows))
+    refresh_report(sweep)
+    return result

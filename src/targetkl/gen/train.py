@@ -1,0 +1,256 @@
+"""Train the text-conditioned latent generator on pre-encoded latents (``targetkl gen-train``).
+
+Layout of a generator folder::
+
+    GEN/gen_config.json                    GenConfig, the latents folder and the VAE it decodes with
+    GEN/checkpoints/step-N/model.safetensors, ema.safetensors, state.pt   (atomic, as for codecs)
+    GEN/metrics.jsonl, GEN/tensorboard/    training loss; held-out validation loss
+
+Batches are a pure function of ``(seed, step)``, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from targetkl.config import ConfigError, _coerce
+from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
+from targetkl.gen.flow import flow_matching_loss, validation_loss
+from targetkl.gen.model import LatentDiT
+from targetkl.gen.text import load_text_encoder
+from targetkl.train.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, load_module, load_state,
+                                       save_checkpoint, state_dict_for_file, write_text_atomic)
+from targetkl.train.logger import MetricLogger
+from targetkl.train.trainer import choose_device, step_seed
+
+CONFIG_FILE = "gen_config.json"
+
+
+@dataclass
+class GenConfig:
+    """The generator and its training. ``frames`` 0 means the training clips' median length."""
+
+    preset: str = "tiny"
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    frames: int = 0
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 5e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    cond_drop: float = 0.1
+    sample_posterior: bool = True
+    text_encoder: str = "minilm"
+    seed: int = 0
+    log_every: int = 50
+    validate_every: int = 250
+    checkpoint_every: int = 500
+    device: str = "auto"
+
+
+GEN_PRESETS: dict[str, dict] = {
+    "tiny": {},
+    "base": {"width": 512, "depth": 12, "heads": 8, "steps": 200000, "batch_size": 64, "lr": 1e-4,
+             "warmup_steps": 2000, "ema_decay": 0.9999, "validate_every": 5000, "checkpoint_every": 5000},
+}
+
+
+def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **flags) -> GenConfig:
+    """Preset, then ``key=value`` assignments, then flags that are not ``None``."""
+    if preset not in GEN_PRESETS:
+        raise ConfigError(f"unknown generator preset {preset!r}; choose one of {', '.join(GEN_PRESETS)}")
+    config = dataclasses.replace(GenConfig(), preset=preset, **GEN_PRESETS[preset])
+    names = {f.name for f in dataclasses.fields(GenConfig)}
+    values = {}
+    for item in assignments or []:
+        key, _, value = item.partition("=")
+        key = key.removeprefix("gen.")
+        if key not in names or not _:
+            raise ConfigError(f"--set {item!r}: write key=value with a key from {', '.join(sorted(names))}")
+        values[key] = _coerce(value, getattr(config, key), key)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    config = dataclasses.replace(config, **values)
+    if config.width % config.heads:
+        raise ConfigError(f"width={config.width} must be a multiple of heads={config.heads}")
+    if config.steps < 0 or config.batch_size < 1 or config.lr <= 0:
+        raise ConfigError("steps must be >= 0, batch_size >= 1 and lr > 0")
+    return config
+
+
+def latent_statistics(latents: LatentSet, indices: list[int], sample_posterior: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(C,)`` of the training latents (posterior samples: the variance of the
+    means plus the mean posterior variance)."""
+    means = torch.cat([latents.means[i] for i in indices], dim=-1).double()
+    mean = means.mean(dim=-1)
+    variance = ((means - mean[:, None]) ** 2).mean(dim=-1)
+    if sample_posterior:
+        variance = variance + torch.cat([latents.stds[i] for i in indices], dim=-1).double().pow(2).mean(dim=-1)
+    return mean.float(), variance.sqrt().clamp_min(1e-3).float()
+
+
+def caption_embeddings(latents: LatentSet, encoder_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, text_dim)`` embeddings of every clip's caption and a ``(N,)`` mask of captioned clips."""
+    encoder = load_text_encoder(encoder_name)
+    texts = sorted({c for c in latents.captions if c})
+    table = dict(zip(texts, encoder.encode(texts))) if texts else {}
+    rows = [table.get(c, np.zeros(encoder.dim, np.float32)) if c else np.zeros(encoder.dim, np.float32)
+            for c in latents.captions]
+    return torch.from_numpy(np.stack(rows)), torch.tensor([bool(c) for c in latents.captions])
+
+
+class GenTrainer:
+    def __init__(self, config: GenConfig, latents_dir: str | Path, out: str | Path, progress: bool = True):
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.latents = load_latent_set(latents_dir)
+        self.train_indices = self.latents.indices("train")
+        self.held_out_indices = self.latents.indices("held_out")
+        if not self.train_indices:
+            raise ConfigError(f"{latents_dir}: no training clips in these latents; pre-encode a larger folder")
+        self.frames = config.frames or int(np.median([self.latents.means[i].shape[-1] for i in self.train_indices]))
+        self.device = choose_device(config.device)
+        self.text, self.captioned = caption_embeddings(self.latents, config.text_encoder)
+        torch.manual_seed(config.seed)
+        self.model = LatentDiT(self.latents.latent_dim, self.text.shape[1], config.width, config.depth, config.heads)
+        mean, std = latent_statistics(self.latents, self.train_indices, config.sample_posterior)
+        self.model.latent_mean.copy_(mean)
+        self.model.latent_std.copy_(std)
+        self.model.to(self.device)
+        self.ema = copy.deepcopy(self.model).eval()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+
+    def learning_rate(self, step: int) -> float:
+        warmup = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / warmup) if warmup else self.config.lr
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0 (B, C, frames) standardized, text (B, text_dim), drop (B,))`` for ``step``."""
+        rng = np.random.default_rng([self.config.seed, step, 0x6E])
+        indices = [self.train_indices[i] for i in rng.integers(0, len(self.train_indices), self.config.batch_size)]
+        latents = latent_batch(self.latents, indices, self.frames, rng, self.config.sample_posterior)
+        drop = torch.from_numpy(rng.random(len(indices)) < self.config.cond_drop) | ~self.captioned[indices]
+        x0 = self.model.standardize(latents.to(self.device))
+        return x0, self.text[indices].to(self.device), drop.to(self.device)
+
+    def train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        x0, text, drop = self.batch(self.step)
+        generator = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, self.step))
+        self.model.train()
+        loss = flow_matching_loss(self.model, x0, text, drop, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            for ema, live in zip(self.ema.parameters(), self.model.parameters()):
+                ema.lerp_(live, 1 - self.config.ema_decay)
+        self.step += 1
+        return float(loss.detach())
+
+    def held_out_loss(self) -> float | None:
+        """Validation loss of the EMA model on held-out latents (fixed windows, noise and times)."""
+        indices = self.held_out_indices or self.train_indices
+        rng = np.random.default_rng([self.config.seed, 0x76])
+        latents = latent_batch(self.latents, indices, self.frames, rng, self.config.sample_posterior)
+        return validation_loss(self.ema, self.ema.standardize(latents.to(self.device)), self.text[indices].to(self.device))
+
+    def save(self) -> Path:
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        return save_checkpoint(self.out, self.step, {"model": state_dict_for_file(self.model),
+                                                     "ema": state_dict_for_file(self.ema)}, state)
+
+    def resume(self) -> bool:
+        folder = latest_checkpoint(self.out)
+        if folder is None:
+            return False
+        load_module(self.model, folder / "model.safetensors")
+        load_module(self.ema, folder / "ema.safetensors")
+        state = load_state(folder / "state.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return True
+
+    def _write_config(self) -> None:
+        description = {"config": dataclasses.asdict(self.config), "frames": self.frames, "text_dim": self.text.shape[1],
+                       "latents": str(self.latents.folder.resolve()), "latents_info": self.latents.info}
+        path = self.out / CONFIG_FILE
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior")
+            if any(saved["config"].get(k) != description["config"][k] for k in keys) or saved["latents_info"] != self.latents.info:
+                raise ConfigError(f"{path}: this generator was started with other settings or latents; "
+                                  "use a new --out folder")
+        write_text_atomic(path, json.dumps(description, indent=2) + "\n")
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.resume()
+        logger = MetricLogger(self.out)
+        logger.truncate_after(self.step)
+        total = self.config.steps
+        losses: list[float] = []
+        with tqdm(total=total, initial=self.step, desc="gen-train", disable=not self.progress, dynamic_ncols=True) as bar:
+            while self.step < total:
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    raise CheckpointError(f"{self.out}: the generator's loss became {loss} at step {self.step}; "
+                                          "lower --set lr=... and rerun (it resumes from the last checkpoint)")
+                losses.append(loss)
+                bar.update(1)
+                if self.step % self.config.log_every == 0 or self.step == total:
+                    logger.log(self.step, {"loss": float(np.mean(losses)), "lr": self.learning_rate(self.step - 1)})
+                    bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+                    losses = []
+                if self.step % self.config.validate_every == 0 or self.step == total:
+                    logger.log(self.step, {"loss": self.held_out_loss()}, split="held_out")
+                if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    self.save()
+        if latest_checkpoint(self.out) is None:
+            self.save()
+        return {"step": self.step, "val_loss": self.held_out_loss(), "frames": self.frames}
+
+
+@dataclass
+class LoadedGenerator:
+    folder: Path
+    description: dict
+    model: LatentDiT
+    step: int
+
+    @property
+    def config(self) -> dict:
+        return self.description["config"]
+
+
+def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
+    """The generator's EMA weights and description (``gen_config.json``)."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; {folder} is not a generator (train one with `targetkl gen-train`)")
+    description = json.loads(path.read_text())
+    checkpoint = latest_checkpoint(folder)
+    if checkpoint is None:
+        raise CheckpointError(f"{folder}: no checkpoint yet; run `targetkl gen-train --out {folder}` first")
+    config = description["config"]
+    model = LatentDiT(int(description["latents_info"]["latent_dim"]), int(description["text_dim"]),
+                      config["width"], config["depth"], config["heads"])
+    load_module(model, checkpoint / "ema.safetensors")
+    return LoadedGenerator(folder, description, model.to(device).eval(), checkpoint_step(checkpoint))
