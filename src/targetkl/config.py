@@ -185,7 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _coerce(value: Any, template: Any, key: str) -> Any:
+def coerce(value: Any, template: Any, key: str) -> Any:
     """Convert ``value`` (from JSON, YAML, TOML or a ``key=value`` string) to the type of ``template``."""
     if isinstance(value, str) and not isinstance(template, str):
         text = value.strip()
@@ -200,7 +200,7 @@ def _coerce(value: Any, template: Any, key: str) -> Any:
         if isinstance(template, tuple):
             parts = [p for p in text.strip("()[]").split(",") if p.strip()]
             element = template[0] if template else 0.0
-            return tuple(_coerce(p, element, key) for p in parts)
+            return tuple(coerce(p, element, key) for p in parts)
         try:
             if isinstance(template, int):
                 return int(text)
@@ -209,7 +209,7 @@ def _coerce(value: Any, template: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from error
     if isinstance(template, tuple) and isinstance(value, (list, tuple)):
         element = template[0] if template else 0.0
-        return tuple(_coerce(v, element, key) for v in value)
+        return tuple(coerce(v, element, key) for v in value)
     if isinstance(template, bool):
         return bool(value)
     if isinstance(template, float) and isinstance(value, int):
@@ -242,7 +242,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "ove
             template = getattr(section, key)
             if template is None:
                 template = 0.0
-            setattr(section, key, _coerce(value, template, f"{section_name}.{key}"))
+            setattr(section, key, coerce(value, template, f"{section_name}.{key}"))
     return config
 
 

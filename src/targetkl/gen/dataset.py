@@ -11,7 +11,6 @@ Layout of a latents folder::
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +65,7 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors, lines = {}, []
-    held_out_nats, held_out_frames = 0.0, 0
+    held_out_bits, held_out_frames = 0.0, 0
     for split in ("train", "held_out"):
         clips = load_folder(data, config.model.sample_rate, split, config.data.valid_percent,
                             config.data.loudness_dbfs, progress=False).clips
@@ -78,11 +77,11 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
             std = encoded.std[0] if encoded.std is not None else torch.zeros_like(encoded.z[0])
             tensors[f"std/{index}"] = std.float().contiguous()
             if split == "held_out":
-                held_out_nats += float(encoded.bits_per_frame.double().sum()) * math.log(2)
+                held_out_bits += float(encoded.bits_per_frame.double().sum())
                 held_out_frames += int(encoded.bits_per_frame.shape[-1])
             lines.append(json.dumps({"index": index, "path": clip.path, "caption": clip.caption, "label": clip.label,
                                      "split": split, "frames": int(encoded.z.shape[-1])}))
-    bits_per_frame = held_out_nats / math.log(2) / max(held_out_frames, 1)
+    bits_per_frame = held_out_bits / max(held_out_frames, 1)
     info = {"run": str(Path(run_dir).resolve()), "fingerprint": model_fingerprint(model), "data": str(Path(data).resolve()),
             "bottleneck": config.model.bottleneck, "sample_rate": model.sample_rate, "hop": model.hop,
             "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,

@@ -130,8 +130,9 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.nda
     latents = load_latent_set(folder / "latents")
     held_out = latents.indices("held_out") or latents.indices("train")
     prompts, classes, indices = prompt_rows(latents, held_out)
-    if not prompts:
-        raise SweepError(f"{folder / 'latents'}: no captioned held-out clips to prompt with; add captions.jsonl")
+    if len(prompts) * repeats < 2:
+        raise SweepError(f"{folder / 'latents'}: {len(prompts)} captioned held-out clip(s) to prompt with; the "
+                         "scores need at least two generations: add captions.jsonl or raise --repeats")
     text = torch.from_numpy(load_text_encoder(config.text_encoder).encode(prompts))
     metrics, generated = evaluate_generator(generator, loaded.model, judge, prompts * repeats, classes * repeats,
                                             text.repeat(repeats, 1), real_audio, sample_steps, cfg, seed)

@@ -8,6 +8,7 @@ disk is ``st:/path/to/model``; other encoders (T5, CLAP) plug in with ``register
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Callable, Protocol
 
@@ -40,6 +41,7 @@ class SentenceTransformerEncoder:
 
 def _quiet_loading() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as transformers_logging
 
