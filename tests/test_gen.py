@@ -202,3 +202,37 @@ def test_select_over_a_sweep_writes_its_outputs_and_reuses_everything(vae_run, s
     stamps = {p: p.stat().st_mtime_ns for p in sweep.rglob("*.safetensors")}
     run_select(sweep, config=config, repeats=3, sample_steps=2, judge_steps=5, progress=False)
     assert {p: p.stat().st_mtime_ns for p in sweep.rglob("*.safetensors")} == stamps
+
+
+def test_frechet_embedding_is_pluggable(vae_run, small_corpus, tmp_path):
+    """A registered embedder replaces the judge's embedding in the Frechet distance (here: two numbers
+    per clip, RMS and peak level, whose distances are far below the judge's 32-feature ones)."""
+    from targetkl.eval.report import write_report
+    from targetkl.eval.sweep import SweepError
+    from targetkl.gen.evaluate import EMBEDDERS, register_audio_embedder
+    from targetkl.gen.select import run_select
+
+    calls = []
+
+    def level_embedder(judge):
+        def embed(clips):
+            calls.append(len(clips))
+            return np.array([[np.sqrt(np.mean(c ** 2)), np.abs(c).max()] for c in clips])
+        return embed
+
+    register_audio_embedder("level", level_embedder)
+    try:
+        sweep = tmp_path / "sweep"
+        rows = [{"system": "vae", "label": "1kbps", "target_kbps": 1.0, "rate_kbps": 1.0, "mel_distance": 1.0,
+                 "run": str(vae_run)}]
+        write_report(sweep, rows, [], preset="tiny", data=str(small_corpus))
+        config = gen_config(assignments=["width=32", "depth=2", "batch_size=4"], steps=1)
+        result = run_select(sweep, config=config, repeats=3, sample_steps=1, judge_steps=2, embedding="level",
+                            progress=False)
+        assert len(calls) == 3 and calls[0] == 28  # real clips, generated, random latents
+        assert result["frechet_reference"].startswith("level embeddings of all 28 real clips")
+        assert result["rows"][0]["frechet_distance"] < 1.0  # two small level numbers, not 32 judge features
+        with pytest.raises(SweepError, match="unknown"):
+            run_select(sweep, config=config, embedding="nonesuch", progress=False)
+    finally:
+        EMBEDDERS.pop("level")

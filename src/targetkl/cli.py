@@ -240,7 +240,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from targetkl.gen.select import run_select
 
     result = run_select(args.sweep, args.data, _gen_config(args), repeats=args.repeats, sample_steps=args.sample_steps,
-                        cfg=args.cfg, seed=args.seed or 0, progress=not args.quiet)
+                        cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=not args.quiet)
     print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'val':>6}")
     for row in result["rows"]:
         print(f"{row['label']:<10} {row['rate_kbps']:>7.3f} {row['mel_distance']:>6.3f} {row['text_match']:>6.3f} "
@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--repeats", type=int, default=3, help="generations per held-out caption (default: 3)")
     select.add_argument("--sample-steps", type=int, default=32, help="Euler sampling steps (default: 32)")
     select.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: 3)")
+    select.add_argument("--embedding", default="judge",
+                        help="audio embedding of the Frechet distance: judge (the corpus-trained classifier, default) "
+                             "or a name registered with targetkl.gen.evaluate.register_audio_embedder")
     _add_gen_arguments(select)
     select.set_defaults(func=cmd_select)
 

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -24,6 +26,24 @@ from targetkl.gen.train import LoadedGenerator
 from targetkl.models.codec import Codec
 
 SENSITIVITY_LEVELS = (0.1, 0.3, 1.0)
+
+AudioEmbedder = Callable[[list[np.ndarray]], np.ndarray]
+"""Audio clips ``(samples,)`` at the VAE's sample rate to embeddings ``(N, D)``."""
+
+EMBEDDERS: dict[str, Callable[[Judge], AudioEmbedder]] = {"judge": lambda judge: (lambda clips: judge.embed(clips)[0])}
+
+
+def register_audio_embedder(name: str, factory: Callable[[Judge], AudioEmbedder]) -> None:
+    """Make ``name`` usable as ``select --embedding NAME`` for the Frechet distance (e.g. a CLAP or VGGish
+    model the user has on disk; ``factory`` gets the corpus judge and may ignore it)."""
+    EMBEDDERS[name] = factory
+
+
+def audio_embedder(name: str, judge: Judge) -> AudioEmbedder:
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown audio embedding {name!r}; choose {', '.join(EMBEDDERS)} or register one with "
+                         "targetkl.gen.evaluate.register_audio_embedder")
+    return EMBEDDERS[name](judge)
 
 
 def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float:
@@ -72,18 +92,19 @@ def random_latents(generator: LoadedGenerator, count: int, frames: int, seed: in
 
 def evaluate_generator(generator: LoadedGenerator, decoder: Codec, judge: Judge, prompts: list[str],
                        prompt_classes: list[str], text_vectors: torch.Tensor, real_audio: list[np.ndarray],
-                       steps: int = 32, cfg: float = 3.0, seed: int = 0) -> tuple[dict, list[np.ndarray]]:
+                       steps: int = 32, cfg: float = 3.0, seed: int = 0,
+                       embed: AudioEmbedder | None = None) -> tuple[dict, list[np.ndarray]]:
     """Generate one clip per prompt (``text_vectors`` ``(P, text_dim)``, batch seeds from ``seed``), and
-    score it and the random-latent floor. Returns ``(metrics, generated audio)``."""
+    score it and the random-latent floor; the Frechet distance uses ``embed`` (default: the judge's
+    embedding). Returns ``(metrics, generated audio)``."""
+    embed = embed or audio_embedder("judge", judge)
     frames = int(generator.description["frames"])
     generated: list[np.ndarray] = []
     for start in range(0, len(prompts), 32):
         latents = sample(generator.model, text_vectors[start:start + 32], frames, steps, cfg, seed + start)
         generated += decode_latents(decoder, latents)
     noise_audio = decode_latents(decoder, random_latents(generator, len(prompts), frames, seed + 7))
-    real_embeddings, _ = judge.embed(real_audio)
-    generated_embeddings, _ = judge.embed(generated)
-    noise_embeddings, _ = judge.embed(noise_audio)
+    real_embeddings, generated_embeddings, noise_embeddings = embed(real_audio), embed(generated), embed(noise_audio)
     metrics = {"text_match": text_match(judge, generated, prompt_classes),
                "text_match_random_latents": text_match(judge, noise_audio, prompt_classes),
                "frechet_distance": frechet_distance(real_embeddings, generated_embeddings),

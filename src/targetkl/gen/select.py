@@ -29,7 +29,7 @@ from targetkl.eval.report import GENERATION_COLUMNS, figure_png, refresh_report,
 from targetkl.eval.sweep import SweepError, _read_json, _write_examples
 from targetkl.gen.classifier import Judge, load_judge, train_judge
 from targetkl.gen.dataset import load_latent_set, pre_encode
-from targetkl.gen.evaluate import decoder_sensitivity, evaluate_generator, prompt_rows, text_match
+from targetkl.gen.evaluate import EMBEDDERS, audio_embedder, decoder_sensitivity, evaluate_generator, prompt_rows, text_match
 from targetkl.gen.sample import decode_latents
 from targetkl.gen.text import load_text_encoder
 from targetkl.gen.train import GenConfig, GenTrainer, load_generator
@@ -117,11 +117,11 @@ def _example_prompts(prompts: list[str], classes: list[str]) -> list[int]:
 
 
 def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.ndarray], config: GenConfig,
-                   repeats: int, sample_steps: int, cfg: float, seed: int) -> dict:
+                   repeats: int, sample_steps: int, cfg: float, seed: int, embedding: str = "judge") -> dict:
     folder = sweep / "generation" / row["label"]
     generator = load_generator(folder / "gen")
     settings = {"gen_step": generator.step, "fingerprint": generator.description["latents_info"]["fingerprint"],
-                "repeats": repeats, "sample_steps": sample_steps, "cfg": cfg, "seed": seed,
+                "repeats": repeats, "sample_steps": sample_steps, "cfg": cfg, "seed": seed, "embedding": embedding,
                 "judge_trained_on": judge.trained_on, "judge_accuracy": judge.accuracy}
     cached = _read_json(folder / "eval.json")
     if cached is not None and all(cached.get(k) == v for k, v in settings.items()):
@@ -135,7 +135,8 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.nda
                          "scores need at least two generations: add captions.jsonl or raise --repeats")
     text = torch.from_numpy(load_text_encoder(config.text_encoder).encode(prompts))
     metrics, generated = evaluate_generator(generator, loaded.model, judge, prompts * repeats, classes * repeats,
-                                            text.repeat(repeats, 1), real_audio, sample_steps, cfg, seed)
+                                            text.repeat(repeats, 1), real_audio, sample_steps, cfg, seed,
+                                            audio_embedder(embedding, judge))
     reconstructions = [decode_latents(loaded.model, latents.means[i][None])[0] for i in indices]
     sensitivity = decoder_sensitivity(loaded.model, latents, held_out)
     examples = _example_prompts(prompts, classes)
@@ -196,11 +197,14 @@ def plot_generation(rows: list[dict]) -> bytes:
 
 def run_select(sweep: str | Path, data: str | Path | None = None, config: GenConfig | None = None,
                repeats: int = 3, sample_steps: int = 32, cfg: float = 3.0, seed: int = 0, judge_steps: int = 400,
-               progress: bool = True) -> dict:
+               embedding: str = "judge", progress: bool = True) -> dict:
     """Train (or reuse) a generator per VAE of the sweep, score them, write the outputs; returns
     ``generation.json``'s content."""
     sweep = Path(sweep)
     config = config or GenConfig()
+    if embedding not in EMBEDDERS:
+        raise SweepError(f"--embedding {embedding}: unknown; choose {', '.join(EMBEDDERS)} or register one with "
+                         "targetkl.gen.evaluate.register_audio_embedder")
     vaes = vae_rows(sweep)
     data = sweep_data(sweep, data)
     for row in vaes:
@@ -212,12 +216,12 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
         folder = sweep / "generation" / row["label"]
         _forget_stale_generator(folder, config)
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
-        rows.append(evaluate_point(sweep, row, judge, real_audio, config, repeats, sample_steps, cfg, seed))
+        rows.append(evaluate_point(sweep, row, judge, real_audio, config, repeats, sample_steps, cfg, seed, embedding))
     best = best_row(rows)
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
                         "kind": "log-mel CNN trained on the corpus labels (see targetkl.gen.classifier)"},
-              "frechet_reference": f"judge embeddings of all {len(real_audio)} real clips of {data}",
+              "frechet_reference": f"{embedding} embeddings of all {len(real_audio)} real clips of {data}",
               "generator": {"preset": config.preset, "steps": config.steps, "sample_steps": sample_steps, "cfg": cfg},
               "rows": rows}
     write_text_atomic(sweep / "generation.json", json.dumps(result, indent=2) + "\n")
