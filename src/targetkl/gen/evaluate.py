@@ -72,13 +72,13 @@ def decoder_sensitivity(decoder: Codec, latents: LatentSet, indices: list[int], 
     scale = torch.cat(means, dim=-1).std(dim=-1).clamp_min(1e-6)
     generator = torch.Generator().manual_seed(seed)
     result = {}
+    clean = [decode_latents(decoder, mean[None])[0] for mean in means]
     for level in levels:
         distances = []
-        for mean in means:
-            clean = decode_latents(decoder, mean[None])[0]
+        for mean, clean_audio in zip(means, clean):
             noise = torch.randn(mean.shape, generator=generator) * scale[:, None] * level
             noisy = decode_latents(decoder, (mean + noise)[None])[0]
-            distances.append(mel_distance(clean, noisy, decoder.sample_rate))
+            distances.append(mel_distance(clean_audio, noisy, decoder.sample_rate))
         result[f"{level:g}"] = float(np.mean(distances))
     return result
 
@@ -91,20 +91,20 @@ def random_latents(generator: LoadedGenerator, count: int, frames: int, seed: in
 
 
 def evaluate_generator(generator: LoadedGenerator, decoder: Codec, judge: Judge, prompts: list[str],
-                       prompt_classes: list[str], text_vectors: torch.Tensor, real_audio: list[np.ndarray],
-                       steps: int = 32, cfg: float = 3.0, seed: int = 0,
-                       embed: AudioEmbedder | None = None) -> tuple[dict, list[np.ndarray]]:
+                       prompt_classes: list[str], text_vectors: torch.Tensor, real_embeddings: np.ndarray,
+                       embed: AudioEmbedder, steps: int = 32, cfg: float = 3.0,
+                       seed: int = 0) -> tuple[dict, list[np.ndarray]]:
     """Generate one clip per prompt (``text_vectors`` ``(P, text_dim)``, batch seeds from ``seed``), and
-    score it and the random-latent floor; the Frechet distance uses ``embed`` (default: the judge's
-    embedding). Returns ``(metrics, generated audio)``."""
-    embed = embed or audio_embedder("judge", judge)
+    score it and the random-latent floor; the Frechet distance compares ``embed`` of them with
+    ``real_embeddings`` (the same embedder on real audio, computed once per sweep).
+    Returns ``(metrics, generated audio)``."""
     frames = int(generator.description["frames"])
     generated: list[np.ndarray] = []
     for start in range(0, len(prompts), 32):
         latents = sample(generator.model, text_vectors[start:start + 32], frames, steps, cfg, seed + start)
         generated += decode_latents(decoder, latents)
     noise_audio = decode_latents(decoder, random_latents(generator, len(prompts), frames, seed + 7))
-    real_embeddings, generated_embeddings, noise_embeddings = embed(real_audio), embed(generated), embed(noise_audio)
+    generated_embeddings, noise_embeddings = embed(generated), embed(noise_audio)
     metrics = {"text_match": text_match(judge, generated, prompt_classes),
                "text_match_random_latents": text_match(judge, noise_audio, prompt_classes),
                "frechet_distance": frechet_distance(real_embeddings, generated_embeddings),

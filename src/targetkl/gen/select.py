@@ -116,7 +116,7 @@ def _example_prompts(prompts: list[str], classes: list[str]) -> list[int]:
     return chosen[:EXAMPLES]
 
 
-def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.ndarray], config: GenConfig,
+def evaluate_point(sweep: Path, row: dict, judge: Judge, real_embeddings: np.ndarray, config: GenConfig,
                    repeats: int, sample_steps: int, cfg: float, seed: int, embedding: str = "judge") -> dict:
     folder = sweep / "generation" / row["label"]
     generator = load_generator(folder / "gen")
@@ -135,8 +135,8 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, real_audio: list[np.nda
                          "scores need at least two generations: add captions.jsonl or raise --repeats")
     text = torch.from_numpy(load_text_encoder(config.text_encoder).encode(prompts))
     metrics, generated = evaluate_generator(generator, loaded.model, judge, prompts * repeats, classes * repeats,
-                                            text.repeat(repeats, 1), real_audio, sample_steps, cfg, seed,
-                                            audio_embedder(embedding, judge))
+                                            text.repeat(repeats, 1), real_embeddings, audio_embedder(embedding, judge),
+                                            sample_steps, cfg, seed)
     reconstructions = [decode_latents(loaded.model, latents.means[i][None])[0] for i in indices]
     sensitivity = decoder_sensitivity(loaded.model, latents, held_out)
     examples = _example_prompts(prompts, classes)
@@ -211,12 +211,14 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
         _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress)
     judge = _judge(sweep, vaes, data, judge_steps, progress)
     real_audio = [c.audio for c in load_folder(data, judge.sample_rate, "all", progress=False).clips]
+    real_embeddings = audio_embedder(embedding, judge)(real_audio)
     rows = []
     for row in tqdm(vaes, desc="select", disable=not progress, dynamic_ncols=True):
         folder = sweep / "generation" / row["label"]
         _forget_stale_generator(folder, config)
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
-        rows.append(evaluate_point(sweep, row, judge, real_audio, config, repeats, sample_steps, cfg, seed, embedding))
+        rows.append(evaluate_point(sweep, row, judge, real_embeddings, config, repeats, sample_steps, cfg, seed,
+                                   embedding))
     best = best_row(rows)
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
