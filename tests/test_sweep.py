@@ -137,3 +137,34 @@ def test_report_page_renders_in_headless_chromium_and_its_audio_decodes(small_sw
     for source in sources:
         audio, rate = sf.read(str(out / source))
         assert rate == 16000 and len(audio) > 0
+
+
+def test_a_stop_signal_stops_the_whole_sweep_and_keeps_the_checkpoint(small_corpus, tmp_path, monkeypatch, capsys):
+    """SIGTERM during one point's training ends the sweep (exit 130) instead of evaluating a half-trained
+    model and training the next point; running again continues from the checkpoint."""
+    import signal
+
+    from targetkl.cli import main
+    from targetkl.train.trainer import Trainer
+
+    original_step = Trainer.train_step
+
+    def step_then_signal(self):
+        scalars = original_step(self)
+        self._on_signal(signal.SIGTERM, None)
+        return scalars
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    args = ["sweep", "--data", str(small_corpus), "--out", str(tmp_path), "--kbps", "1,2", "--baselines", "", "--fast",
+            "-q"]
+    for assignment in QUICK:
+        args += ["--set", assignment]
+    assert main(args) == 130
+    assert "interrupted at step 1" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["vae-1kbps"]
+    assert (tmp_path / "runs" / "vae-1kbps" / "checkpoints" / "latest").read_text().strip() == "step-00000001"
+    assert not (tmp_path / "rd.csv").exists()
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    assert main(args) == 0
+    assert (tmp_path / "runs" / "vae-1kbps" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert (tmp_path / "rd.csv").is_file()

@@ -454,12 +454,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from targetkl.errors import USER_ERRORS
+    from targetkl.train.trainer import TrainingInterrupted
 
     try:
         return args.func(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

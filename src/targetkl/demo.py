@@ -27,7 +27,7 @@ def train_and_compare(config: Config, data: Path, run: Path, perceptual: bool = 
     """Train ``run`` (or resume it), evaluate it on the held-out split, and compare with the same model
     before training. Returns ``(summary row, full evaluation of the trained run)``."""
     started = time.time()
-    Trainer(config, data, run, progress=progress).run()
+    Trainer(config, data, run, progress=progress).run().finished()
     seconds = time.time() - started
     trained = evaluate_run(run, data, perceptual=perceptual, progress=progress)
     torch.manual_seed(config.train.seed)

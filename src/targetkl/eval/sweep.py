@@ -208,7 +208,7 @@ class Sweep:
         if cached is not None and cached.get("step") == config.train.steps and cached.get("perceptual") == self.perceptual:
             return cached
         if not finished:
-            Trainer(config, self.data, run, progress=self.progress).run()
+            Trainer(config, self.data, run, progress=self.progress).run().finished()
             self.trained.append(point.name)
         loaded = load_run(run)
         result = measure_rate_and_distortion(loaded.model, self.held_out, perceptual=self.perceptual)

@@ -40,12 +40,24 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what was saved."""
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped a run inside a longer job (a sweep, the demo): its checkpoint is written, and
+    the job must stop too instead of going on with a half-trained model. The CLI exits with status 130."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
     interrupted: bool
     last_metrics: dict[str, float]
+
+    def finished(self) -> "TrainResult":
+        """This result, or :class:`TrainingInterrupted` if a stop signal ended the run early."""
+        if self.interrupted:
+            raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}. "
+                                      "Run the same command to continue.")
+        return self
 
 
 def choose_device(name: str) -> torch.device:
