@@ -82,3 +82,47 @@ def test_identity_bits_are_float_storage():
     out = IdentityBottleneck(5)(torch.randn(1, 5, 3))
     assert torch.all(out.bits_per_frame == 160.0)
     assert float(out.penalty) == 0.0
+
+
+def test_rvq_moves_dead_codes_onto_frames_of_the_batch():
+    """A codebook whose entries all point one way sends every frame to one code; one training forward
+    moves the unused codes onto projected frames of the batch, and the lookup then spreads out."""
+    from targetkl.bottlenecks.rvq import DEAD_SHARE, VectorQuantizer
+
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(latent_dim=6, codebook_size=64, codebook_dim=4).train()
+    with torch.no_grad():
+        quantizer.codebook.weight.copy_(torch.ones(64, 4))
+    residual = torch.randn(8, 6, 16)
+    with torch.no_grad():
+        collapsed = quantizer.eval()(residual)[1]
+    assert len(torch.unique(collapsed)) == 1
+    quantizer.train()
+    _, codes, _, _ = quantizer(residual)
+    assert len(torch.unique(codes)) > 16
+    frames = quantizer.in_proj(residual).detach().transpose(1, 2).reshape(-1, 4)
+    distances = torch.cdist(quantizer.codebook.weight.detach(), frames).min(dim=1).values
+    in_use = int(collapsed.flatten()[0])
+    moved = torch.arange(64) != in_use
+    assert float(distances[moved].max()) < 1e-3  # every unused code now sits on a frame of the batch
+    assert torch.equal(quantizer.codebook.weight[in_use].detach(), torch.ones(4))  # the one in use stays
+    assert torch.all(quantizer.usage >= DEAD_SHARE / 64)
+
+
+def test_rvq_quantization_fades_in_after_the_free_steps():
+    torch.manual_seed(0)
+    rvq = RVQBottleneck(latent_dim=6, n_codebooks=2, codebook_size=16, codebook_dim=4, quantizer_dropout=0.0,
+                        commitment_weight=0.25, codebook_weight=1.0, free_steps=2, warmup_steps=2).train()
+    h = torch.randn(2, 6, 5)
+    weights = []
+    for _ in range(5):
+        weights.append(rvq.quantization_weight())
+        out = rvq(h)
+        if weights[-1] == 0.0:
+            assert torch.equal(out.z, h)  # the decoder sees the unquantized latent
+    assert weights == [0.0, 0.0, 0.0, 0.5, 1.0]
+    assert int(rvq.forwards) == 5
+    rvq.eval()
+    assert rvq.quantization_weight() == 1.0
+    out = rvq(h)
+    assert torch.allclose(rvq.decode_codes(out.codes), out.z, atol=1e-5)

@@ -18,7 +18,8 @@ def build_bottleneck(config: Config) -> Bottleneck:
         return GaussianBottleneck(model.latent_dim, controller, model.sigma_eps)
     if model.bottleneck == "rvq":
         return RVQBottleneck(model.latent_dim, model.rvq_codebooks, model.rvq_codebook_size, model.rvq_codebook_dim,
-                             model.quantizer_dropout, model.commitment_weight, model.codebook_weight)
+                             model.quantizer_dropout, model.commitment_weight, model.codebook_weight,
+                             config.rate.free_steps, config.rate.warmup_steps)
     if model.bottleneck == "ae":
         return IdentityBottleneck(model.latent_dim)
     raise ValueError(f"unknown bottleneck {model.bottleneck!r}; choose vae, rvq or ae")

@@ -1,15 +1,28 @@
-"""Residual vector quantizer (DAC-style factorized, L2-normalized codebooks) with quantizer dropout."""
+"""Residual vector quantizer (DAC-style factorized, L2-normalized codebooks) with quantizer dropout.
+
+Two measures keep the codebooks alive on a small model: each code's share of the training frames is
+tracked as a moving average, and a code whose share falls below ``DEAD_SHARE`` of the uniform
+``1 / codebook_size`` is moved onto a random projected frame of the current batch (dead-code restart,
+as in EnCodec; at the first step this initializes every codebook from data); and, like the Gaussian
+bottleneck's rate penalty, quantization fades in after ``free_steps`` training forwards over
+``warmup_steps`` (the decoder first learns from the unquantized latent). Without them the tiny model
+used one code per stage on every held-out frame and its decoder ignored the codes (mel distance 1.11).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
 from targetkl.nn import wn_conv1d
+
+USAGE_DECAY = 0.99
+DEAD_SHARE = 0.1
 
 
 class VectorQuantizer(nn.Module):
@@ -20,11 +33,44 @@ class VectorQuantizer(nn.Module):
         self.in_proj = wn_conv1d(latent_dim, codebook_dim, kernel_size=1)
         self.out_proj = wn_conv1d(codebook_dim, latent_dim, kernel_size=1)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
+        self.register_buffer("usage", torch.zeros(codebook_size))
+
+    @torch.no_grad()
+    def restart_dead_codes(self, frames: torch.Tensor, codes: torch.Tensor) -> int:
+        """Update the codes' moving-average share of the frames and move dead codes onto batch frames.
+
+        ``frames``: ``(N, codebook_dim)`` projected (unnormalized) training frames, ``codes``: ``(N,)``.
+        Under torch.distributed the shares are averaged over ranks and rank 0's replacements are
+        broadcast, so every rank keeps the same codebook. Returns the number of codes moved.
+        """
+        size = self.codebook.num_embeddings
+        share = torch.bincount(codes, minlength=size).float() / max(codes.numel(), 1)
+        distributed = dist.is_available() and dist.is_initialized()
+        if distributed:
+            dist.all_reduce(share)
+            share /= dist.get_world_size()
+        self.usage.mul_(USAGE_DECAY).add_(share, alpha=1 - USAGE_DECAY)
+        dead = torch.nonzero(self.usage < DEAD_SHARE / size).flatten()
+        if dead.numel() == 0:
+            return 0
+        picks = torch.randint(0, frames.shape[0], (dead.numel(),), device=frames.device)
+        replacement = frames[picks].to(self.codebook.weight.dtype).contiguous()
+        if distributed:
+            dist.broadcast(replacement, src=0)
+        self.codebook.weight.data[dead] = replacement
+        self.usage[dead] = 1.0 / size
+        return int(dead.numel())
 
     def forward(self, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(quantized (B, D, F), codes (B, F), commitment (B,), codebook_loss (B,))``."""
+        """Returns ``(quantized (B, D, F), codes (B, F), commitment (B,), codebook_loss (B,))``.
+
+        In training, dead codes are restarted (see :meth:`restart_dead_codes`) before the lookup."""
         projected = self.in_proj(residual)
         batch, dim, frames = projected.shape
+        if self.training and torch.is_grad_enabled():
+            raw = projected.detach().transpose(1, 2).reshape(-1, dim).float()
+            codebook = F.normalize(self.codebook.weight, dim=1)
+            self.restart_dead_codes(raw, (F.normalize(raw, dim=1) @ codebook.t()).argmax(dim=1))
         flat = F.normalize(projected.transpose(1, 2).reshape(-1, dim), dim=1)
         codebook = F.normalize(self.codebook.weight, dim=1)
         codes = (flat @ codebook.t()).argmax(dim=1)
@@ -47,8 +93,12 @@ class RVQBottleneck(Bottleneck):
     """
 
     def __init__(self, latent_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
-                 quantizer_dropout: float, commitment_weight: float, codebook_weight: float):
+                 quantizer_dropout: float, commitment_weight: float, codebook_weight: float,
+                 free_steps: int = 0, warmup_steps: int = 0):
         super().__init__()
+        self.free_steps = free_steps
+        self.warmup_steps = warmup_steps
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
         self.latent_dim = latent_dim
         self.input_channels = latent_dim
         self.n_codebooks = n_codebooks
@@ -62,6 +112,16 @@ class RVQBottleneck(Bottleneck):
     @property
     def bits_per_code(self) -> float:
         return math.log2(self.codebook_size)
+
+    def quantization_weight(self) -> float:
+        """How much of the quantized latent the decoder gets in training: 0 for the first ``free_steps``
+        training forwards, then rising linearly to 1 over ``warmup_steps``; always 1 in eval."""
+        if not self.training:
+            return 1.0
+        past = float(self.forwards) - self.free_steps
+        if past < 0:
+            return 0.0
+        return 1.0 if self.warmup_steps <= 0 else min(1.0, past / self.warmup_steps)
 
     def forward(self, h: torch.Tensor) -> BottleneckOutput:
         h = h.float()
@@ -85,8 +145,14 @@ class RVQBottleneck(Bottleneck):
             all_codes.append(codes)
         bits = (active.to(h.dtype) * self.bits_per_code)[:, None].expand(batch, frames)
         penalty = self.commitment_weight * commitment + self.codebook_weight * codebook_loss
-        metrics = {"rvq/commitment": float(commitment.detach()), "rvq/codebook": float(codebook_loss.detach())}
-        return BottleneckOutput(z=quantized, kl_nats_per_frame=None, bits_per_frame=bits,
+        weight = self.quantization_weight()
+        z = quantized if weight >= 1.0 else h + weight * (quantized - h)
+        if self.training and torch.is_grad_enabled():
+            self.forwards += 1
+        metrics = {"rvq/commitment": float(commitment.detach()), "rvq/codebook": float(codebook_loss.detach()),
+                   "rvq/quantization_weight": weight,
+                   "rvq/distinct_codes": sum(len(torch.unique(c)) for c in all_codes) / len(all_codes)}
+        return BottleneckOutput(z=z, kl_nats_per_frame=None, bits_per_frame=bits,
                                 codes=torch.stack(all_codes, dim=1), penalty=penalty, metrics=metrics)
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
