@@ -41,6 +41,17 @@ from targetkl.config import RateConfig
 from targetkl.train.distributed import mean_over_ranks
 
 
+def free_start_ramp(forwards: int, free_steps: int, warmup_steps: int) -> float:
+    """0 for the first ``free_steps`` training forwards, then rising linearly to 1 over ``warmup_steps``:
+    the free start shared by every rate-limiting bottleneck (the KL penalty, RVQ's quantization)."""
+    past = forwards - free_steps
+    if past < 0:
+        return 0.0
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, past / warmup_steps)
+
+
 class KLController(nn.Module):
     """Base class. ``forward(kl_per_frame)`` returns the penalty and updates state when training."""
 
@@ -74,14 +85,8 @@ class KLController(nn.Module):
         self.offset.fill_(min(max(offset, -limit * self.target), limit * self.target))
 
     def ramp(self) -> float:
-        """Weight of the penalty: 0 for the first ``free_steps`` training forwards, then rising linearly to 1
-        over ``warmup_steps``."""
-        past = float(self.forwards) - self.free_steps
-        if past < 0:
-            return 0.0
-        if self.warmup_steps <= 0:
-            return 1.0
-        return min(1.0, past / self.warmup_steps)
+        """Weight of the penalty after ``forwards`` training forwards (see :func:`free_start_ramp`)."""
+        return free_start_ramp(int(self.forwards), self.free_steps, self.warmup_steps)
 
     def controlled_kl(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` nats per frame -> ``(B,)`` per-clip mean over the frames away from the crop edges.

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
+from targetkl.control import free_start_ramp
 from targetkl.nn import wn_conv1d
 
 USAGE_DECAY = 0.99
@@ -34,6 +35,10 @@ class VectorQuantizer(nn.Module):
         self.out_proj = wn_conv1d(codebook_dim, latent_dim, kernel_size=1)
         self.codebook = nn.Embedding(codebook_size, codebook_dim)
         self.register_buffer("usage", torch.zeros(codebook_size))
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(N, codebook_dim)`` L2-normalized frames -> ``(N,)`` index of the code with the highest cosine."""
+        return (flat @ F.normalize(self.codebook.weight, dim=1).t()).argmax(dim=1)
 
     @torch.no_grad()
     def restart_dead_codes(self, frames: torch.Tensor, codes: torch.Tensor) -> int:
@@ -67,13 +72,12 @@ class VectorQuantizer(nn.Module):
         In training, dead codes are restarted (see :meth:`restart_dead_codes`) before the lookup."""
         projected = self.in_proj(residual)
         batch, dim, frames = projected.shape
+        flat = F.normalize(projected.transpose(1, 2).reshape(-1, dim), dim=1)
+        codes = self.nearest(flat)
         if self.training and torch.is_grad_enabled():
             raw = projected.detach().transpose(1, 2).reshape(-1, dim).float()
-            codebook = F.normalize(self.codebook.weight, dim=1)
-            self.restart_dead_codes(raw, (F.normalize(raw, dim=1) @ codebook.t()).argmax(dim=1))
-        flat = F.normalize(projected.transpose(1, 2).reshape(-1, dim), dim=1)
-        codebook = F.normalize(self.codebook.weight, dim=1)
-        codes = (flat @ codebook.t()).argmax(dim=1)
+            if self.restart_dead_codes(raw, codes):
+                codes = self.nearest(flat)
         chosen = F.embedding(codes, self.codebook.weight).reshape(batch, frames, dim).transpose(1, 2)
         commitment = F.mse_loss(projected, chosen.detach(), reduction="none").mean(dim=(1, 2))
         codebook_loss = F.mse_loss(chosen, projected.detach(), reduction="none").mean(dim=(1, 2))
@@ -118,10 +122,7 @@ class RVQBottleneck(Bottleneck):
         training forwards, then rising linearly to 1 over ``warmup_steps``; always 1 in eval."""
         if not self.training:
             return 1.0
-        past = float(self.forwards) - self.free_steps
-        if past < 0:
-            return 0.0
-        return 1.0 if self.warmup_steps <= 0 else min(1.0, past / self.warmup_steps)
+        return free_start_ramp(int(self.forwards), self.free_steps, self.warmup_steps)
 
     def forward(self, h: torch.Tensor) -> BottleneckOutput:
         h = h.float()

@@ -18,6 +18,7 @@ import torch
 from scipy import linalg
 
 from targetkl.eval.metrics import mel_distance
+from targetkl.eval.sweep import SweepError
 from targetkl.gen.classifier import Judge
 from targetkl.gen.dataset import LatentSet
 from targetkl.gen.flow import sample
@@ -39,11 +40,12 @@ def register_audio_embedder(name: str, factory: Callable[[Judge], AudioEmbedder]
     EMBEDDERS[name] = factory
 
 
-def audio_embedder(name: str, judge: Judge) -> AudioEmbedder:
+def audio_embedder_factory(name: str) -> Callable[[Judge], AudioEmbedder]:
+    """The factory registered as ``name``; an unknown name is a one-line user error naming the choices."""
     if name not in EMBEDDERS:
-        raise ValueError(f"unknown audio embedding {name!r}; choose {', '.join(EMBEDDERS)} or register one with "
+        raise SweepError(f"--embedding {name}: unknown; choose {', '.join(EMBEDDERS)} or register one with "
                          "targetkl.gen.evaluate.register_audio_embedder")
-    return EMBEDDERS[name](judge)
+    return EMBEDDERS[name]
 
 
 def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float:

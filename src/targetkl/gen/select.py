@@ -29,7 +29,8 @@ from targetkl.eval.report import GENERATION_COLUMNS, figure_png, refresh_report,
 from targetkl.eval.sweep import SweepError, _read_json, _write_examples
 from targetkl.gen.classifier import Judge, load_judge, train_judge
 from targetkl.gen.dataset import load_latent_set, pre_encode
-from targetkl.gen.evaluate import EMBEDDERS, audio_embedder, decoder_sensitivity, evaluate_generator, prompt_rows, text_match
+from targetkl.gen.evaluate import (AudioEmbedder, audio_embedder_factory, decoder_sensitivity, evaluate_generator,
+                                   prompt_rows, text_match)
 from targetkl.gen.sample import decode_latents
 from targetkl.gen.text import load_text_encoder
 from targetkl.gen.train import GenConfig, GenTrainer, load_generator
@@ -116,8 +117,10 @@ def _example_prompts(prompts: list[str], classes: list[str]) -> list[int]:
     return chosen[:EXAMPLES]
 
 
-def evaluate_point(sweep: Path, row: dict, judge: Judge, real_embeddings: np.ndarray, config: GenConfig,
-                   repeats: int, sample_steps: int, cfg: float, seed: int, embedding: str = "judge") -> dict:
+def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, embedding: str,
+                   real_embeddings: np.ndarray, config: GenConfig, repeats: int, sample_steps: int, cfg: float,
+                   seed: int) -> dict:
+    """Score one VAE's generator; ``embed`` is the Frechet distance's embedder, registered as ``embedding``."""
     folder = sweep / "generation" / row["label"]
     generator = load_generator(folder / "gen")
     settings = {"gen_step": generator.step, "fingerprint": generator.description["latents_info"]["fingerprint"],
@@ -135,7 +138,7 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, real_embeddings: np.nda
                          "scores need at least two generations: add captions.jsonl or raise --repeats")
     text = torch.from_numpy(load_text_encoder(config.text_encoder).encode(prompts))
     metrics, generated = evaluate_generator(generator, loaded.model, judge, prompts * repeats, classes * repeats,
-                                            text.repeat(repeats, 1), real_embeddings, audio_embedder(embedding, judge),
+                                            text.repeat(repeats, 1), real_embeddings, embed,
                                             sample_steps, cfg, seed)
     reconstructions = [decode_latents(loaded.model, latents.means[i][None])[0] for i in indices]
     sensitivity = decoder_sensitivity(loaded.model, latents, held_out)
@@ -202,23 +205,22 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
     ``generation.json``'s content."""
     sweep = Path(sweep)
     config = config or GenConfig()
-    if embedding not in EMBEDDERS:
-        raise SweepError(f"--embedding {embedding}: unknown; choose {', '.join(EMBEDDERS)} or register one with "
-                         "targetkl.gen.evaluate.register_audio_embedder")
+    make_embedder = audio_embedder_factory(embedding)
     vaes = vae_rows(sweep)
     data = sweep_data(sweep, data)
     for row in vaes:
         _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress)
     judge = _judge(sweep, vaes, data, judge_steps, progress)
     real_audio = [c.audio for c in load_folder(data, judge.sample_rate, "all", progress=False).clips]
-    real_embeddings = audio_embedder(embedding, judge)(real_audio)
+    embed = make_embedder(judge)
+    real_embeddings = embed(real_audio)
     rows = []
     for row in tqdm(vaes, desc="select", disable=not progress, dynamic_ncols=True):
         folder = sweep / "generation" / row["label"]
         _forget_stale_generator(folder, config)
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
-        rows.append(evaluate_point(sweep, row, judge, real_embeddings, config, repeats, sample_steps, cfg, seed,
-                                   embedding))
+        rows.append(evaluate_point(sweep, row, judge, embed, embedding, real_embeddings, config, repeats,
+                                   sample_steps, cfg, seed))
     best = best_row(rows)
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
