@@ -8,7 +8,7 @@ from pathlib import Path
 
 from targetkl.config import Config
 from targetkl.data import load_folder
-from targetkl.eval.measure import measure_rate_and_distortion
+from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
 
@@ -54,7 +54,12 @@ def format_result(result: dict) -> str:
                  f"{result['frame_rate']:g} Hz frames)")
     if result.get("rate_error_percent") is not None:
         lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
-    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol"):
+    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "latent_use"):
         if key in result and result[key] is not None and not (isinstance(result[key], float) and math.isnan(result[key])):
             lines.append(f"{key:<13} {result[key]:.4f}")
+    use = result.get("latent_use")
+    if use is not None and use < LATENT_UNUSED_BELOW:
+        lines.append(f"warning: the decoder ignores its latent (latent_use {use:.3f} < "
+                     f"{LATENT_UNUSED_BELOW}: different clips decode to nearly the same sound), so the rate buys "
+                     "nothing; train again with another --seed or a longer rate.free_steps")
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
-           *METRICS, "run")
+           *METRICS, "latent_use", "run")
 SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
 

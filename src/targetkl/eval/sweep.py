@@ -217,7 +217,7 @@ class Sweep:
                "rate_kbps": result["rate_kbps"], "run": str(run), "step": loaded.step,
                "perceptual": self.perceptual,
                "audio": self._examples(point.name, decoded, config.model.sample_rate),
-               **{k: result[k] for k in METRICS if k in result}}
+               "latent_use": result["latent_use"], **{k: result[k] for k in METRICS if k in result}}
         if point.system == "ae":
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
