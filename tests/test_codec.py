@@ -39,7 +39,7 @@ def test_latent_use_sees_a_decoder_that_ignores_its_latent():
     from targetkl.data.audio import AudioClip
     from targetkl.data.corpus import synthesize_clip
     from targetkl.eval.evaluate import format_result
-    from targetkl.eval.measure import LATENT_UNUSED_BELOW, latent_use, measure_rate_and_distortion
+    from targetkl.eval.measure import latent_use, measure_rate_and_distortion
 
     a, b, c = (synthesize_clip(0, index, 0.25, 16000)[0] for index in (0, 1, 2))
     assert latent_use([a, b], [a, b], 16000) == pytest.approx(1.0)  # decodes differ as much as the inputs

@@ -29,7 +29,7 @@ def latent_use(inputs: list[np.ndarray], decoded: list[np.ndarray], sample_rate:
     between_decodes, between_inputs = 0.0, 0.0
     for i in range(len(inputs)):
         j = (i + 1) % len(inputs)
-        length = min(len(inputs[i]), len(inputs[j]), len(decoded[i]), len(decoded[j]))
+        length = min(len(inputs[i]), len(inputs[j]))  # each decode has its input's length
         between_decodes += mel_distance(decoded[i][:length], decoded[j][:length], sample_rate)
         between_inputs += mel_distance(inputs[i][:length], inputs[j][:length], sample_rate)
     return between_decodes / between_inputs if between_inputs > 0 else math.nan
