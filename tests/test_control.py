@@ -83,7 +83,7 @@ def test_edge_frames_are_left_out_of_the_controlled_kl():
 
 def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight():
     controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
-                                                    warmup_steps=4, edge_frames=0), 10.0).train()
+                                                    warmup_steps=4, edge_frames=0, warmup="weight"), 10.0).train()
     kl = torch.tensor([[12.0]], requires_grad=True)
     penalties, multipliers = [], []
     for _ in range(8):
@@ -98,6 +98,34 @@ def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight(
     with torch.no_grad():
         controller(kl)
     assert int(controller.forwards) == 8
+
+
+def test_goal_warmup_starts_from_the_free_phase_kl_and_comes_down_geometrically():
+    """Full weight right after the free phase, with the goal on the geometric path from the free phase's KL
+    (a 0.9/0.1 moving average: 80 -> 80, 80) down to the 10-nat target; the multiplier waits for the target."""
+    controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
+                                                    warmup_steps=4, edge_frames=0), 10.0).train()
+    assert controller.warmup == "goal"
+    free = [float(controller(torch.tensor([[80.0]]))) for _ in range(2)]
+    assert free == [0.0, 0.0] and float(controller.free_kl) == pytest.approx(80.0)
+    goals, penalties = [], []
+    for _ in range(5):
+        goals.append(controller.goal())
+        penalties.append(float(controller(torch.tensor([[40.0]]))))
+    assert goals == pytest.approx([80.0, 80 * 0.125 ** 0.25, 80 * 0.125 ** 0.5, 80 * 0.125 ** 0.75, 10.0])
+    # 40 nats against the goal 80: weight/2 * (40/80)^2 at full weight, relative to the goal while it is above 10.
+    assert penalties[0] == pytest.approx(0.5 * 2.0 * 0.5 ** 2)
+    assert penalties[2] == pytest.approx(0.5 * 2.0 * ((40 - goals[2]) / goals[2]) ** 2)
+    assert float(controller.multiplier) == pytest.approx(0.5 * 1.0)  # one update, at the target: clip(3) = 1
+    assert penalties[4] == pytest.approx(0.5 * 2.0 * 3.0 ** 2)  # penalty computed before that update
+
+
+def test_runs_saved_before_the_goal_warmup_still_load():
+    controller = build_controller(DefaultRateConfig(controller="lagrange"), 10.0)
+    state = {k: v for k, v in controller.state_dict().items() if k != "free_kl"}
+    controller.free_kl.fill_(5.0)
+    controller.load_state_dict(state, strict=True)
+    assert float(controller.free_kl) == 0.0
 
 
 def test_calibration_moves_the_crop_goal_until_whole_clips_meet_the_target():

@@ -66,11 +66,12 @@ class RateConfig:
     by 1.5% and land within 0.6%. ``edge_frames`` frames at each end of a training crop are
     left out of the controlled KL (see ``targetkl.control``).
 
-    The penalty is off for the first ``free_steps`` training forwards and then ramps up linearly over
-    ``warmup_steps`` (the multiplier starts moving once it is at full weight). Measured on the demo
-    corpus: with the penalty on from step 0 the tiny decoder learned to ignore its latent (held-out mel
-    distance 1.11 at every rate, a constant output) while the encoder still spent the target KL by
-    shrinking sigma; a free start of 300 steps gives 0.65 at 2 kbps and 0.67 at 8 kbps, on target.
+    The penalty is off for the first ``free_steps`` training forwards. Measured on the demo corpus: with
+    the penalty on from step 0 the tiny decoder learned to ignore its latent (held-out mel distance 1.11
+    at every rate, a constant output) while the encoder still spent the target KL by shrinking sigma.
+    Over the next ``warmup_steps`` the rate comes down: ``warmup='goal'`` anneals the goal geometrically
+    from the free phase's KL to the target at full penalty weight; ``'weight'`` ramps the weight with the
+    goal at the target, which squeezed low targets within a few steps (see ``targetkl.control``).
     """
 
     target_kbps: float | None = 2.0
@@ -87,6 +88,7 @@ class RateConfig:
     edge_frames: int = 2
     free_steps: int = 300
     warmup_steps: int = 200
+    warmup: str = "goal"
     calibrate_every: int = 10
     calibrate_clips: int = 32
     calibrate_gain: float = 0.2
@@ -319,6 +321,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
     if rate_config.scope not in ("batch", "clip"):
         raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
+    if rate_config.warmup not in ("goal", "weight"):
+        raise ConfigError(f"rate.warmup={rate_config.warmup!r}: choose goal or weight")
     if model.sample_rate <= 0 or model.latent_dim <= 0 or model.encoder_dim <= 0 or model.decoder_dim <= 0:
         raise ConfigError("model.sample_rate, latent_dim, encoder_dim and decoder_dim must be positive")
     if not model.strides or any(s <= 0 for s in model.strides):
