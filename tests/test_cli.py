@@ -83,6 +83,9 @@ def test_bad_inputs_are_one_line_errors(trained_run, small_corpus, tmp_path, cap
     assert "junk.safetensors" in capsys.readouterr().err
     assert main(["train", "--data", str(small_corpus), "--out", str(tmp_path / "r2"), "--target-kbps", "-2"]) == 2
     assert "target_kbps" in capsys.readouterr().err
+    assert main(["corpus", str(tmp_path / "c"), "--clips", "2", "--snr-db", "-3", "-q"]) == 2
+    error = capsys.readouterr().err
+    assert "--snr-db -3" in error and len(error.strip().splitlines()) == 1
 
 
 def test_latents_from_another_model_are_refused(trained_run, small_corpus, tmp_path, capsys):

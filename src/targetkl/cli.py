@@ -56,7 +56,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from targetkl.data.corpus import write_corpus
 
     out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
-                       seed=args.seed, progress=not args.quiet)
+                       seed=args.seed, progress=not args.quiet, snr_db=args.snr_db)
     print(f"wrote {args.clips} clips and captions.jsonl to {out}")
     return 0
 
@@ -282,13 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("corpus", help="synthesize the captioned demo corpus (no downloads)",
                             description="Write OUT/clips/*.wav (plucked strings, bells, chords, chirps, noise "
-                                        "bursts, drums, sung vowels) and OUT/captions.jsonl with one truthful "
-                                        "caption per clip. Seeded: the same arguments give the same files.")
+                                        "bursts, drums, sung vowels, each over a faint recording noise floor), "
+                                        "OUT/captions.jsonl with one truthful caption per clip and OUT/corpus.json "
+                                        "with the settings. Seeded: the same arguments give the same files.")
     corpus.add_argument("out", help="output folder")
     corpus.add_argument("--clips", type=int, default=300, help="number of clips (default: 300)")
     corpus.add_argument("--seconds", type=float, default=1.0, help="clip length in seconds (default: 1.0)")
     corpus.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default: 16000)")
     corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    corpus.add_argument("--snr-db", type=float, default=50.0,
+                        help="noise floor, dB below each clip's RMS (default: 50; inf for digital silence)")
     corpus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     corpus.set_defaults(func=cmd_corpus)
 
