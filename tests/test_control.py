@@ -83,7 +83,8 @@ def test_edge_frames_are_left_out_of_the_controlled_kl():
 
 def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight():
     controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
-                                                    warmup_steps=4, edge_frames=0, warmup="weight"), 10.0).train()
+                                                    warmup_steps=4, edge_frames=0), 10.0).train()
+    assert controller.warmup == "weight"
     kl = torch.tensor([[12.0]], requires_grad=True)
     penalties, multipliers = [], []
     for _ in range(8):
@@ -104,8 +105,7 @@ def test_goal_warmup_starts_from_the_free_phase_kl_and_comes_down_geometrically(
     """Full weight right after the free phase, with the goal on the geometric path from the free phase's KL
     (a 0.9/0.1 moving average: 80 -> 80, 80) down to the 10-nat target; the multiplier waits for the target."""
     controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
-                                                    warmup_steps=4, edge_frames=0), 10.0).train()
-    assert controller.warmup == "goal"
+                                                    warmup_steps=4, edge_frames=0, warmup="goal"), 10.0).train()
     free = [float(controller(torch.tensor([[80.0]]))) for _ in range(2)]
     assert free == [0.0, 0.0] and float(controller.free_kl) == pytest.approx(80.0)
     goals, penalties = [], []
