@@ -26,7 +26,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    """DAC-style codec. Encoder channels double at each stride; the decoder mirrors the strides."""
+    """DAC-style codec. Encoder channels double at each stride; the decoder mirrors the strides.
+
+    ``init``: ``torch`` (PyTorch's default conv init) or ``scaled`` (variance preserving, zero biases,
+    residual units start as the identity; see ``targetkl.models.codec.initialize_weights``).
+    """
 
     sample_rate: int = 16000
     encoder_dim: int = 8
@@ -41,6 +45,7 @@ class ModelConfig:
     quantizer_dropout: float = 0.5
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
+    init: str = "torch"
 
     @property
     def hop(self) -> int:
@@ -69,9 +74,10 @@ class RateConfig:
     The penalty is off for the first ``free_steps`` training forwards. Measured on the demo corpus: with
     the penalty on from step 0 the tiny decoder learned to ignore its latent (held-out mel distance 1.11
     at every rate, a constant output) while the encoder still spent the target KL by shrinking sigma.
-    Over the next ``warmup_steps`` the rate comes down: ``warmup='goal'`` anneals the goal geometrically
-    from the free phase's KL to the target at full penalty weight; ``'weight'`` ramps the weight with the
-    goal at the target, which squeezed low targets within a few steps (see ``targetkl.control``).
+    Over the next ``warmup_steps`` the rate comes down: ``warmup='weight'`` (default) ramps the weight
+    with the goal at the target, which squeezes low targets within a few steps; ``'goal'`` anneals the
+    goal geometrically from the free phase's KL to the target at full penalty weight (see
+    ``targetkl.control``).
     """
 
     target_kbps: float | None = 2.0
@@ -88,7 +94,7 @@ class RateConfig:
     edge_frames: int = 2
     free_steps: int = 300
     warmup_steps: int = 200
-    warmup: str = "goal"
+    warmup: str = "weight"
     calibrate_every: int = 10
     calibrate_clips: int = 32
     calibrate_gain: float = 0.2
@@ -321,6 +327,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
     if rate_config.scope not in ("batch", "clip"):
         raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
+    if model.init not in ("torch", "scaled"):
+        raise ConfigError(f"model.init={model.init!r}: choose torch or scaled")
     if rate_config.warmup not in ("goal", "weight"):
         raise ConfigError(f"rate.warmup={rate_config.warmup!r}: choose goal or weight")
     if model.sample_rate <= 0 or model.latent_dim <= 0 or model.encoder_dim <= 0 or model.decoder_dim <= 0:
