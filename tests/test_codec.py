@@ -59,24 +59,25 @@ def test_latent_use_sees_a_decoder_that_ignores_its_latent():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_a_fresh_codec_passes_each_clip_through_to_its_output(seed):
-    """With PyTorch's default conv init the tiny codec gave every demo clip nearly the same output (the
-    decodes of neighbouring clips differed by 0.0003-0.0014 RMS against an output RMS of 0.27-0.78) and
-    a latent mean of spread 0.02-0.04; ``initialize_weights`` keeps the clips apart: 0.15-0.22 against
-    0.12-0.17, mean spread 0.09-0.17 (seeds 0-3). Every residual unit starts as the identity."""
+def test_the_scaled_init_passes_each_clip_through_to_the_output(seed):
+    """With PyTorch's default conv init the tiny codec gives every demo clip nearly the same output (the
+    decodes of neighbouring clips 0.0003-0.0014 RMS apart against an output RMS of 0.27-0.78, seeds 0-3)
+    and a latent mean of spread 0.02-0.04; ``model.init=scaled`` keeps the clips apart (0.15-0.22 against
+    0.12-0.17, mean spread 0.09-0.17), and every residual unit starts as the identity."""
     from targetkl.data.corpus import synthesize_clip
     from targetkl.nn import ResidualUnit
 
     audio = torch.stack([torch.from_numpy(synthesize_clip(0, index, 1.0, 16000)[0]) for index in range(14)])[:, None]
     audio = 0.1 * audio / audio.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    torch.manual_seed(seed)
-    model = Codec(preset("tiny")).eval()
-    with torch.no_grad():
-        mean = model.encode(audio).mean
-        decoded = model.decode(mean)
-    neighbour_difference = (decoded - decoded.roll(1, dims=0)).pow(2).mean().sqrt()
-    assert neighbour_difference > 0.5 * decoded.pow(2).mean().sqrt()
-    assert mean.std(dim=-1).mean() > 0.06
+    for init, apart in (("torch", False), ("scaled", True)):
+        torch.manual_seed(seed)
+        model = Codec(apply_overrides(preset("tiny"), {"model": {"init": init}})).eval()
+        with torch.no_grad():
+            mean = model.encode(audio).mean
+            decoded = model.decode(mean)
+        neighbour_difference = (decoded - decoded.roll(1, dims=0)).pow(2).mean().sqrt()
+        assert (neighbour_difference > 0.5 * decoded.pow(2).mean().sqrt()) == apart, init
+        assert (mean.std(dim=-1).mean() > 0.06) == apart, init
     unit = next(module for module in model.modules() if isinstance(module, ResidualUnit))
     signal = torch.randn(2, unit.block[1].in_channels, 50)
     assert torch.equal(unit(signal), signal)

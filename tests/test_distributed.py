@@ -72,9 +72,8 @@ def test_two_processes_train_like_one_with_the_global_batch(runs):
         assert a["rate/kbps"] == pytest.approx(b["rate/kbps"], rel=0.02)
     a = load_tensors(latest_checkpoint(runs / "ddp") / "model.safetensors")
     b = load_tensors(latest_checkpoint(runs / "single") / "model.safetensors")
-    # Adam moves each weight by at most about one learning rate (1e-3) per step, so float-summation-order
-    # noise in a near-zero gradient can flip a step's sign: up to two learning rates apart per step (4.0e-3
-    # seen after 4 steps). The losses above match to 1e-4.
+    # Adam turns float-summation-order noise in near-zero gradients into differences of up to about one
+    # learning-rate step (1e-3) per step; the losses above match to 1e-4.
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=0, atol=STEPS * 2e-3), key
+        assert torch.allclose(a[key], b[key], rtol=0, atol=STEPS * 1e-3), key
     assert not (runs / "ddp" / "rank1.pt").exists() and len(list((runs / "ddp" / "checkpoints").glob("step-*"))) == 1
