@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = sub.add_parser("corpus", help="synthesize the captioned demo corpus (no downloads)",
                             description="Write OUT/clips/*.wav (plucked strings, bells, chords, chirps, noise "
-                                        "bursts, drums, sung vowels, each over a faint recording noise floor), "
+                                        "bursts, drums, sung vowels; --snr-db adds a recording noise floor), "
                                         "OUT/captions.jsonl with one truthful caption per clip and OUT/corpus.json "
                                         "with the settings. Seeded: the same arguments give the same files.")
     corpus.add_argument("out", help="output folder")
@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seconds", type=float, default=1.0, help="clip length in seconds (default: 1.0)")
     corpus.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default: 16000)")
     corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    corpus.add_argument("--snr-db", type=float, default=50.0,
-                        help="noise floor, dB below each clip's RMS (default: 50; inf for digital silence)")
+    corpus.add_argument("--snr-db", type=float, default=float("inf"),
+                        help="lay each clip over white noise this many dB below its RMS (default: inf, none)")
     corpus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     corpus.set_defaults(func=cmd_corpus)
 

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
 import torch
 
 from targetkl.config import Config, resolve
-from targetkl.data.corpus import CORPUS_VERSION, write_corpus
+from targetkl.data.corpus import write_corpus
 from targetkl.eval.evaluate import evaluate_model, evaluate_run, format_result
 from targetkl.models.codec import Codec
 from targetkl.train.trainer import Trainer
 
-log = logging.getLogger("targetkl.demo")
-
 
 def ensure_corpus(data: Path, clips: int = 300, progress: bool = True) -> Path:
-    """Synthesize the demo corpus into ``data`` unless it is already there; warn when the one there was made
-    by an older version of the generator (its numbers will not match the README's)."""
+    """Synthesize the demo corpus into ``data`` unless it is already there."""
     if not (data / "captions.jsonl").is_file():
         write_corpus(data, clips=clips, progress=progress)
-        return data
-    try:
-        version = json.loads((data / "corpus.json").read_text()).get("version")
-    except (OSError, ValueError, AttributeError):
-        version = 1
-    if version != CORPUS_VERSION:
-        log.warning("%s was synthesized by corpus version %s (now %d, which adds a recording noise floor); "
-                    "delete the folder to synthesize the current one", data, version, CORPUS_VERSION)
     return data
 
 

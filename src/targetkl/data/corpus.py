@@ -3,11 +3,11 @@
 No downloads: every clip is made here from a seed, so the corpus is identical on every machine.
 Clip ``i`` depends only on ``(seed, i)``; asking for more clips extends the same corpus.
 
-Every clip carries a recording noise floor: white noise ``snr_db`` (50 by default) below the clip's
-RMS, as any microphone and room leave. Without it the clips held digital silence (before a drum hit,
-after a noise burst, above a tone's partials), and the log-mel distance, whose floor is 1e-5, scored
-mostly the decoder's faint noise there: 40% of the tiny model's distortion at 8 kbps, and more at
-higher rates than at lower ones, so no amount of bits showed in the rate-distortion curve.
+``snr_db`` optionally lays each clip over a recording noise floor: white noise that many dB below the
+clip's RMS, as a microphone and room leave (off by default, so the clips are digital silence where no
+instrument sounds). In silence the log-mel distance, whose floor is 1e-5, scores mostly a decoder's
+faint noise: 40% of the tiny model's distortion at 8 kbps, more at high rates than at low ones, which
+hides a rate-distortion curve. With ``snr_db=50`` that share is equal at every rate.
 """
 
 from __future__ import annotations
@@ -141,8 +141,7 @@ def vowel(rng: Rng, n: int, sr: int) -> tuple[np.ndarray, str, str]:
 GENERATORS = (plucked_string, fm_bell, chord, chirp, noise_burst, percussion, vowel)
 
 
-CORPUS_VERSION = 2
-DEFAULT_SNR_DB = 50.0
+DEFAULT_SNR_DB = float("inf")
 
 
 def synthesize_clip(seed: int, index: int, seconds: float, sample_rate: int,
@@ -168,8 +167,8 @@ def synthesize_clip(seed: int, index: int, seconds: float, sample_rate: int,
 
 
 def corpus_settings(clips: int, seconds: float, sample_rate: int, seed: int, snr_db: float) -> dict:
-    """What ``OUT/corpus.json`` records: everything the clips depend on, and the generator's version."""
-    return {"version": CORPUS_VERSION, "clips": clips, "seconds": seconds, "sample_rate": sample_rate,
+    """What ``OUT/corpus.json`` records: everything the clips depend on."""
+    return {"clips": clips, "seconds": seconds, "sample_rate": sample_rate,
             "seed": seed, "snr_db": snr_db if np.isfinite(snr_db) else None}
 
 
