@@ -3,14 +3,14 @@
 One rate-distortion sweep (`targetkl sweep`, issue 3) trains the target-KL VAEs at 0.1, 0.5 and 2 kbps
 with the RVQ and fixed-beta baselines and codes the same held-out clips with Opus; the core checks of
 issue 2, the rate-control checks of issue 4 and the bitstream checks of issue 6 read the same runs.
-About half an hour on two CPU cores.
+About 45 minutes on two CPU cores here (58 with the select below).
 
 The rates are where the tiny model at 1000 steps is rate-limited: its held-out mel distance falls
 from 0.1 to 0.5 to 2 kbps (measured 0.867 / 0.680 / 0.643) and is flat above (0.658 at both 2 and
 8 kbps in an earlier clean-clone CI run of this sweep at 0.5 / 2 / 8 kbps), so the curve is checked
 where more bits can show.
 
-Issue 5: `targetkl select` trains the tiny generator on each of the three VAEs (about 5 minutes more).
+Issue 5: `targetkl select` trains the tiny generator on each of the three VAEs (about 13 minutes more here).
 """
 
 import json
