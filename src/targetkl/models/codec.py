@@ -133,12 +133,12 @@ def initialize_weights(codec: nn.Module) -> None:
     output (variance preserving for unit-variance inputs), biases are zero (as in DAC) and the last 1x1
     conv of every residual branch has ``g = 0``, so ``x + branch(x) = x`` at step 0 and the branches
     grow in from there (Fixup/ReZero style). Used with ``model.init=scaled``; it is not the default: it
-    keeps every seed's latent through the free phase, but the runs it gave at 0.1 and 0.5 kbps landed
-    1-4% off target on held-out clips, outside what the default init meets (see the README's status).
+    kept the latent through the free phase on seeds 0-3, but its two-thread 0.5 kbps run landed +1.2%
+    off target on held-out clips, outside the 1% the default init meets (see the README's status).
     """
-    for module in codec.modules():
-        if isinstance(module, (WeightNormConv1d, WeightNormConvTranspose1d)):
-            with torch.no_grad():
+    with torch.no_grad():
+        for module in codec.modules():
+            if isinstance(module, (WeightNormConv1d, WeightNormConvTranspose1d)):
                 if module.bias is not None:
                     module.bias.zero_()
                 direction = module.weight_v
@@ -148,9 +148,8 @@ def initialize_weights(codec: nn.Module) -> None:
                     fan_in = direction[0].numel()
                 direction.normal_(0.0, fan_in ** -0.5)
                 module.weight_g.copy_(direction.flatten(1).norm(dim=1).reshape(-1, 1, 1))
-    for module in codec.modules():
-        if isinstance(module, ResidualUnit):
-            with torch.no_grad():
+        for module in codec.modules():  # after the convs: a unit comes before its own convs in modules()
+            if isinstance(module, ResidualUnit):
                 module.block[-1].weight_g.zero_()
 
 
