@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TARGETKL_CACHE", tempfile.mkdtemp(prefix="targetkl-index-"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -38,22 +38,24 @@ from pathlib import Path
 
 import constriction
 import numpy as np
-import soundfile as sf
 import torch
 
 from targetkl import rate
-from targetkl.data import load_audio
-from targetkl.data.audio import loudness_gain
+from targetkl.data.audio import file_entry, gain_for_level, loudness_gain, read_window, write_audio_stream
 from targetkl.eval.metrics import clip_metrics
 from targetkl.bottlenecks.gaussian import gaussian_kl_per_value
+from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, Encoded
 from targetkl.models.codec import Codec, model_fingerprint
-from targetkl.train.checkpoint import write_bytes_atomic
+from targetkl.fileio import write_bytes_atomic
 
 MAGIC = b"TKL1"
 VERSION = 1
 HEADER = struct.Struct("<4sHIHfIfHIH8sI")
 CHECKSUM = struct.Struct("<I")
 STEP_FACTOR = math.sqrt(2 * math.pi * math.e)
+BLOCK_VALUES = 1 << 21
+MAX_SECONDS = 24 * 3600
+REPORT_SECONDS = 60.0
 
 
 class BitstreamError(ValueError):
@@ -98,16 +100,21 @@ def rate_matched_steps(mean: torch.Tensor, std: torch.Tensor, kl_nats: torch.Ten
     factor stays near 1; at low rates, where bins are as wide as the prior, it corrects the
     high-resolution approximation, which would otherwise overspend.
     """
-    base = quantization_steps(std)
-    budget = kl_nats.double().sum(dim=-1) / math.log(2)
-    low = torch.full_like(base, -1.0)
-    high = torch.full_like(base, 1.0)
-    for _ in range(iterations):
-        middle = (low + high) / 2
-        too_long = code_length_bits(mean, base * torch.exp(middle)) > budget
-        low = torch.where(too_long, middle, low)
-        high = torch.where(too_long, high, middle)
-    return (base * torch.exp(high)).numpy().astype(np.float16)
+    block = max(1, BLOCK_VALUES // max(mean.shape[-1], 1))  # channels per pass: bounded memory on long files
+    steps = []
+    for first in range(0, mean.shape[0], block):
+        part = slice(first, first + block)
+        base = quantization_steps(std[part])
+        budget = kl_nats[part].double().sum(dim=-1) / math.log(2)
+        low = torch.full_like(base, -1.0)
+        high = torch.full_like(base, 1.0)
+        for _ in range(iterations):
+            middle = (low + high) / 2
+            too_long = code_length_bits(mean[part], base * torch.exp(middle)) > budget
+            low = torch.where(too_long, middle, low)
+            high = torch.where(too_long, high, middle)
+        steps.append(base * torch.exp(high))
+    return torch.cat(steps).numpy().astype(np.float16)
 
 
 def _prior_model(max_symbol: int):
@@ -124,10 +131,13 @@ def _dequantize(symbols: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
     return (symbols.double() * torch.from_numpy(steps.astype(np.float64))[:, None]).float()
 
 
-def _decode_latent(model: Codec, latent: torch.Tensor, num_samples: int, gain: float) -> np.ndarray:
-    """``(D, F)`` latent -> ``(num_samples,)`` audio at the input's loudness (the encode gain divided out)."""
-    model.eval()
-    return model.decode(latent[None])[0, 0, :num_samples].float().numpy() / gain
+def _decode_latent(model: Codec, latent: torch.Tensor, num_samples: int, gain: float,
+                   runner: CodecRunner | None = None) -> np.ndarray:
+    """``(D, F)`` latent -> ``(num_samples,)`` audio at the input's loudness (the encode gain divided out);
+    a latent longer than ``num_samples`` needs is cut after the decoder's receptive field."""
+    runner = runner or CodecRunner(model)
+    frames = min(latent.shape[-1], -(-num_samples // model.hop) + runner.decoder_context)
+    return runner.decode([latent[:, :frames]], [num_samples])[0] / gain
 
 
 def _fingerprint_bytes(model: Codec) -> bytes:
@@ -152,6 +162,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[TklHeader, np.ndarray,
     if fields[1] != VERSION:
         raise BitstreamError(f"{source}: .tkl format version {fields[1]}, this targetkl reads version {VERSION}")
     header = TklHeader(*fields[2:])
+    _check_header(header, source)
     expected = HEADER.size + 2 * header.latent_dim + 4 * header.payload_words + CHECKSUM.size
     if len(data) != expected:
         raise BitstreamError(f"{source}: {len(data)} bytes where the header announces {expected}: the file is "
@@ -167,22 +178,42 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[TklHeader, np.ndarray,
     return header, steps.astype(np.float16), payload.astype(np.uint32)
 
 
+def _check_header(header: TklHeader, source: str) -> None:
+    """Bounds on every header field, checked against each other before anything is allocated."""
+    damaged = f"{source}: damaged .tkl header"
+    if not (0 < header.sample_rate <= 384000 and 0 < header.hop and 0 < header.latent_dim <= 4096):
+        raise BitstreamError(f"{damaged} (sample rate, hop or latent width out of range); compress the audio again")
+    if not 0 < header.num_samples <= MAX_SECONDS * header.sample_rate:
+        raise BitstreamError(f"{damaged} (length {header.num_samples} samples); compress the audio again")
+    if header.frames != -(-header.num_samples // header.hop):
+        raise BitstreamError(f"{damaged} ({header.frames} frames for {header.num_samples} samples); compress the "
+                             "audio again")
+    if not 1 <= header.max_symbol < 2 ** 16:
+        raise BitstreamError(f"{damaged} (largest symbol {header.max_symbol}); compress the audio again")
+    if not (math.isfinite(header.gain) and 1e-6 <= header.gain <= 1e6):
+        raise BitstreamError(f"{damaged} (loudness gain {header.gain:g}); compress the audio again")
+
+
 @torch.no_grad()
-def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float) -> tuple[bytes, dict]:
+def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float, runner: CodecRunner | None = None) -> tuple[bytes, dict]:
     """Mono ``(samples,)`` float audio at the model's rate -> ``(.tkl bytes, details)``.
 
     The audio is brought to ``loudness_dbfs`` RMS as in training; the gain goes into the header.
     ``details`` holds ``symbols`` ``(D, F)`` int32, the decoded latent ``z`` ``(D, F)`` float32, the
     posterior ``mean`` and the clip's KL in bits per frame ``kl_bits_per_frame``.
     """
-    model.eval()
     gain = loudness_gain(audio, loudness_dbfs)
-    tensor = model.pad(torch.as_tensor(audio * gain, dtype=torch.float32)[None, None])
-    encoded = model.encode(tensor)
+    runner = runner or CodecRunner(model)
+    encoded = runner.encode([np.asarray(audio * gain, dtype=np.float32)])[0]
+    return compress_encoded(model, encoded, len(audio), gain)
+
+
+def compress_encoded(model: Codec, encoded: Encoded, num_samples: int, gain: float) -> tuple[bytes, dict]:
+    """The ``.tkl`` bytes of an already encoded file (its posterior ``z`` = mean and ``std``, ``(D, F)``)."""
     if encoded.std is None:
         raise BitstreamError("compress needs a Gaussian (vae) run, this one has no posterior std; an rvq run's "
                              "codes are written by `targetkl encode`")
-    mean, std = encoded.mean[0].double(), encoded.std[0].double()
+    mean, std = encoded.z.double(), encoded.std.double()
     steps = rate_matched_steps(mean, std, gaussian_kl_per_value(mean, std))
     symbols = torch.round(mean / torch.from_numpy(steps.astype(np.float64))[:, None]).to(torch.int64)
     max_symbol = max(1, int(symbols.abs().max()))
@@ -193,10 +224,10 @@ def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float) -> tuple[byt
     flat = symbols.numpy().astype(np.int32).reshape(-1)
     encoder.encode(flat, _prior_model(max_symbol), np.zeros(flat.size), _symbol_scales(steps, frames))
     payload = encoder.get_compressed().astype(np.uint32)
-    header = TklHeader(model.sample_rate, model.hop, float(model.frame_rate), len(audio), gain, model.latent_dim, frames,
+    header = TklHeader(model.sample_rate, model.hop, float(model.frame_rate), num_samples, gain, model.latent_dim, frames,
                        max_symbol, _fingerprint_bytes(model), int(payload.size))
     details = {"symbols": symbols.to(torch.int32), "z": _dequantize(symbols, steps),
-               "mean": mean.float(), "gain": gain, "kl_bits_per_frame": float(encoded.bits_per_frame.double().mean())}
+               "mean": mean.float(), "gain": gain, "kl_bits_per_frame": float(encoded.bits_per_frame.mean())}
     return pack(header, steps, payload), details
 
 
@@ -220,38 +251,51 @@ def read_symbols(model: Codec, data: bytes, source: str = "<bytes>") -> tuple[Tk
 
 
 @torch.no_grad()
-def decompress(model: Codec, data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, TklHeader]:
+def decompress(model: Codec, data: bytes, source: str = "<bytes>",
+               runner: CodecRunner | None = None) -> tuple[np.ndarray, TklHeader]:
     """``.tkl`` bytes -> ``(audio (samples,) float32, header)``."""
     header, _, z = read_symbols(model, data, source)
-    return _decode_latent(model, z, header.num_samples, header.gain), header
+    return _decode_latent(model, z, header.num_samples, header.gain, runner), header
 
 
 @torch.no_grad()
-def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, loudness_dbfs: float) -> dict:
-    """Compress one audio file; returns the report (rates in kbps, distortion of the decompressed audio).
+def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, loudness_dbfs: float,
+                  batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Compress one audio file, read from disk in chunks; returns the report (rates in kbps, distortion).
 
-    ``kl_kbps``: the clip's KL rate; ``payload_kbps``: entropy-coded symbols only; ``file_kbps``: the
+    ``kl_kbps``: the file's KL rate; ``payload_kbps``: entropy-coded symbols only; ``file_kbps``: the
     whole file, header and checksum included. Distortions compare the decompressed audio with the input
-    and with the plain decode of the posterior mean.
+    and with the plain decode of the posterior mean over the first ``distortion_seconds`` (at most
+    ``REPORT_SECONDS``, so a long file's report stays in bounded memory).
     """
-    audio = load_audio(audio_path, model.sample_rate)
-    data, details = compress(model, audio, loudness_dbfs)
     out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise FileNotFoundError(f"{out_path.parent}: no such folder for {out_path.name}; create it first")
+    entry = file_entry(audio_path)
+    sample_rate = model.sample_rate
+    length = entry.length_at(sample_rate)
+    gain = gain_for_level(entry.rms, entry.peak, loudness_dbfs)
+    runner = CodecRunner(model, batch_size=batch_size)
+    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(entry, start, stop - start,
+                                                                                 sample_rate, gain))[0]
+    data, details = compress_encoded(model, encoded, length, gain)
     write_bytes_atomic(out_path, data)
-    header, symbols, z = read_symbols(model, data, str(out_path))
+    header, symbols, z = read_symbols(model, data, out_path.name)
     if not torch.equal(symbols, details["symbols"]):
         raise BitstreamError(f"{out_path}: symbols did not survive the round trip; please report this as a bug")
-    decompressed = _decode_latent(model, z, len(audio), details["gain"])
-    mean_decoded = _decode_latent(model, details["mean"], len(audio), details["gain"])
-    seconds = len(audio) / model.sample_rate
+    shown = min(length, int(REPORT_SECONDS * sample_rate))
+    audio = read_window(entry, 0, shown, sample_rate)
+    decompressed = _decode_latent(model, z, shown, gain, runner)
+    mean_decoded = _decode_latent(model, details["mean"], shown, gain, runner)
+    seconds = length / sample_rate
     payload_bits = 32 * header.payload_words
-    vs_input = clip_metrics(audio, decompressed, model.sample_rate, perceptual=False)
-    vs_mean = clip_metrics(mean_decoded, decompressed, model.sample_rate, perceptual=False)
-    mean_vs_input = clip_metrics(audio, mean_decoded, model.sample_rate, perceptual=False)
+    vs_input = clip_metrics(audio, decompressed, sample_rate, perceptual=False)
+    vs_mean = clip_metrics(mean_decoded, decompressed, sample_rate, perceptual=False)
+    mean_vs_input = clip_metrics(audio, mean_decoded, sample_rate, perceptual=False)
     return {"input": str(audio_path), "output": str(out_path), "seconds": seconds, "frames": header.frames,
             "kl_kbps": rate.bits_per_frame_to_kbps(details["kl_bits_per_frame"], model.frame_rate),
             "payload_kbps": payload_bits / seconds / 1000, "file_kbps": 8 * len(data) / seconds / 1000,
-            "payload_bytes": payload_bits // 8, "file_bytes": len(data),
+            "payload_bytes": payload_bits // 8, "file_bytes": len(data), "distortion_seconds": shown / sample_rate,
             "mel_distance": vs_input["mel_distance"], "mel_distance_mean_decode": mean_vs_input["mel_distance"],
             "mel_distance_vs_mean_decode": vs_mean["mel_distance"], "snr_vs_mean_decode_db": _snr_db(mean_decoded, decompressed)}
 
@@ -262,12 +306,15 @@ def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return 10 * math.log10((signal + 1e-12) / (noise + 1e-12))
 
 
-def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path) -> dict:
+def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Decode a ``.tkl`` file into a 16-bit wav, written chunk by chunk as it is decoded."""
     tkl_path = Path(tkl_path)
     try:
         data = tkl_path.read_bytes()
     except OSError as error:
         raise BitstreamError(f"{tkl_path}: cannot read ({error.strerror})") from error
-    audio, header = decompress(model, data, str(tkl_path))
-    sf.write(str(out_path), audio, model.sample_rate, subtype="PCM_16")
-    return {"samples": header.num_samples, "sample_rate": header.sample_rate, "frames": header.frames}
+    header, _, z = read_symbols(model, data, str(tkl_path))
+    runner = CodecRunner(model, batch_size=batch_size)
+    pieces = ((first, audio / header.gain) for _, first, audio in runner.decode_pieces([z]))
+    samples = write_audio_stream(out_path, model.sample_rate, pieces, header.num_samples)
+    return {"samples": samples, "sample_rate": header.sample_rate, "frames": header.frames}

@@ -33,7 +33,10 @@ def _resolve_training_config(args: argparse.Namespace):
         "train.seed": getattr(args, "seed", None),
         "train.batch_size": getattr(args, "batch_size", None),
         "train.device": getattr(args, "device", None),
+        "rate.kl_lambda": getattr(args, "kl_lambda", None),
     }
+    if getattr(args, "kl_lambda", None) is not None and getattr(args, "kl_control", None) is None:
+        flags["rate.controller"] = "target"
     saved = Path(args.out) / "config.json"
     if saved.is_file() and args.preset is None:
         config = cfg.load_run_config(args.out)
@@ -47,9 +50,13 @@ def _resolve_training_config(args: argparse.Namespace):
                 section, key = dotted.split(".")
                 nested.setdefault(section, {})[key] = value
         config = cfg.apply_overrides(config, nested, where="command line")
+        config = cfg.with_target_nats(config, getattr(args, "target_nats", None))
         cfg.validate(config)
         return config
-    return cfg.resolve(args.preset or "tiny", args.config, args.set, flags)
+    config = cfg.resolve(args.preset or "tiny", args.config, args.set, flags)
+    config = cfg.with_target_nats(config, getattr(args, "target_nats", None))
+    cfg.validate(config)
+    return config
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
@@ -58,6 +65,16 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
                        seed=args.seed, progress=not args.quiet, snr_db=args.snr_db)
     print(f"wrote {args.clips} clips and captions.jsonl to {out}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from targetkl.data.index import ensure_index
+
+    index = ensure_index(args.data, workers=args.workers, progress=not args.quiet)
+    print(f"indexed {index.summary()}; cache {index.cache_file}")
+    for path, reason in list(index.skipped.items())[:20]:
+        print(f"  skipped {path}: {reason}")
     return 0
 
 
@@ -89,7 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from targetkl.eval.evaluate import evaluate_run, format_result, to_json
 
-    result = evaluate_run(args.run, args.data, perceptual=not args.fast, progress=not args.quiet)
+    result = evaluate_run(args.run, args.data, perceptual=not args.fast, progress=not args.quiet, device=args.device,
+                          batch_size=args.batch_size)
     print(format_result(result))
     if args.json:
         Path(args.json).write_text(to_json(result) + "\n")
@@ -100,7 +118,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from targetkl.latents import encode_file
     from targetkl.runs import load_run
 
-    info = encode_file(load_run(args.run).model, args.input, args.output)
+    info = encode_file(_load_for(args).model, args.input, args.output, batch_size=args.batch_size)
     print(f"wrote {args.output}: {info['frames']} frames at {float(info['frame_rate']):g} Hz")
     return 0
 
@@ -109,7 +127,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from targetkl.latents import decode_file
     from targetkl.runs import load_run
 
-    info = decode_file(load_run(args.run).model, args.input, args.output)
+    info = decode_file(_load_for(args).model, args.input, args.output, batch_size=args.batch_size)
     print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")
     return 0
 
@@ -118,13 +136,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from targetkl.bitstream import compress_file
     from targetkl.runs import load_run
 
-    run = load_run(args.run)
-    report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs)
+    run = _load_for(args)
+    report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs, args.batch_size)
     print(f"wrote {args.output}: {report['file_bytes']} bytes for {report['seconds']:.2f} s; KL rate "
           f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, file {report['file_kbps']:.3f} kbps; "
           f"mel distance {report['mel_distance']:.4f} (plain decode of the mean: {report['mel_distance_mean_decode']:.4f})")
     if args.json:
-        from targetkl.train.checkpoint import write_text_atomic
+        from targetkl.fileio import write_text_atomic
 
         write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
     return 0
@@ -134,9 +152,17 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from targetkl.bitstream import decompress_file
     from targetkl.runs import load_run
 
-    info = decompress_file(load_run(args.run).model, args.input, args.output)
+    info = decompress_file(_load_for(args).model, args.input, args.output, args.batch_size)
     print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")
     return 0
+
+
+def _load_for(args: argparse.Namespace):
+    """The run of a file command on its ``--device``."""
+    from targetkl.inference import choose_device
+    from targetkl.runs import load_run
+
+    return load_run(args.run, choose_device(args.device))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -160,15 +186,27 @@ def _float_list(text: str, option: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
 
 
+def _sweep_kbps(args: argparse.Namespace) -> list[float]:
+    """``--kbps``, or ``--nats`` (per frame) converted at the preset's frame rate."""
+    if args.nats is None:
+        return _float_list(args.kbps, "--kbps")
+    from targetkl import config as cfg
+    from targetkl import rate
+
+    frame_rate = cfg.resolve(args.preset or "tiny", args.config, args.set).model.frame_rate
+    return [rate.nats_per_frame_to_kbps(n, frame_rate) for n in _float_list(args.nats, "--nats")]
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from targetkl.eval.report import rate_rows
     from targetkl.eval.sweep import run_sweep
 
-    rows, sweep = run_sweep(args.data, args.out, _float_list(args.kbps, "--kbps"), _names(args.baselines),
+    rows, sweep = run_sweep(args.data, args.out, _sweep_kbps(args), _names(args.baselines),
                             preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
                             betas=tuple(_float_list(args.betas, "--betas")),
                             ae_widths=tuple(int(w) for w in _float_list(args.ae_widths, "--ae-widths")),
-                            perceptual=not args.fast, progress=not args.quiet)
+                            perceptual=not args.fast, progress=not args.quiet, device=args.device,
+                            batch_size=args.batch_size)
     print(f"{'system':<8} {'point':<10} {'target':>8} {'measured':>9} {'mel':>7} {'si_sdr':>8}")
     for row in rate_rows(rows):
         target = f"{row['target_kbps']:.3f}" if row.get("target_kbps") else "-"
@@ -184,7 +222,7 @@ def cmd_controllers(args: argparse.Namespace) -> int:
 
     rows = compare_controllers(args.data, args.out, _float_list(args.kbps, "--kbps"), _names(args.controllers),
                                preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
-                               progress=not args.quiet)
+                               progress=not args.quiet, device=args.device, batch_size=args.batch_size)
     print(format_rows(rows))
     print(f"wrote controllers.json, controllers.csv and controllers.png (rate vs step) in {args.out}")
     return 0
@@ -197,7 +235,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     rows = run_sanity(_names(args.controllers), _float_list(args.bits, "--bits"), config, progress=not args.quiet)
     print(format_table(rows))
     if args.json:
-        from targetkl.train.checkpoint import write_text_atomic
+        from targetkl.fileio import write_text_atomic
 
         write_text_atomic(Path(args.json), json.dumps(rows, indent=2) + "\n")
     return 0
@@ -206,13 +244,14 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 def _gen_config(args: argparse.Namespace):
     from targetkl.gen.train import gen_config
 
-    return gen_config(args.gen_preset, args.set, steps=args.steps, seed=args.seed)
+    return gen_config(args.gen_preset, args.set, steps=args.steps, seed=args.seed, device=args.device)
 
 
 def cmd_pre_encode(args: argparse.Namespace) -> int:
     from targetkl.gen.dataset import pre_encode
 
-    info = pre_encode(args.run, args.data, args.out, progress=not args.quiet)
+    info = pre_encode(args.run, args.data, args.out, progress=not args.quiet, device=args.device,
+                      batch_size=args.batch_size)
     rate_text = f"; held-out rate {info['rate_kbps']:.4f} kbps" if info.get("rate_kbps") is not None else ""
     print(f"wrote latents of {info['clips']} clips ({info['captioned']} captioned) to {args.out}{rate_text}")
     return 0
@@ -231,7 +270,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from targetkl.gen.sample import generate_file
 
     info = generate_file(args.generator, args.prompt, args.output, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                         seconds=args.seconds)
+                         seconds=args.seconds, device=args.device)
     print(f"wrote {args.output}: {info['seconds']:.2f} s at {info['sample_rate']} Hz")
     return 0
 
@@ -240,7 +279,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from targetkl.gen.select import run_select
 
     result = run_select(args.sweep, args.data, _gen_config(args), repeats=args.repeats, sample_steps=args.sample_steps,
-                        cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=not args.quiet)
+                        cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=not args.quiet,
+                        device=args.device, batch_size=args.batch_size)
     print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'val':>6}")
     for row in result["rows"]:
         print(f"{row['label']:<10} {row['rate_kbps']:>7.3f} {row['mel_distance']:>6.3f} {row['text_match']:>6.3f} "
@@ -251,13 +291,26 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_gen_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_gen_arguments(parser: argparse.ArgumentParser, batch: bool) -> None:
     parser.add_argument("--gen-preset", default="tiny", help="generator preset: tiny (default) or base")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one generator setting, e.g. --set width=256; repeatable")
     parser.add_argument("--steps", type=int, default=None, help="generator training steps")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(parser, batch)
+
+
+def _add_device_argument(parser: argparse.ArgumentParser, batch: bool = True) -> None:
+    parser.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    if batch:
+        parser.add_argument("--batch-size", type=int, default=16,
+                            help="clips (or chunks of long files) run through the model at once (default: 16)")
+
+
+DATA_HELP = ("audio: a folder (searched recursively, captions.jsonl optional), a manifest (.jsonl/.csv with a path "
+             "and optional caption per line) or WebDataset shards ('shards/train-{000000..000199}.tar'); indexed "
+             "once and cached")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,15 +348,31 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     corpus.set_defaults(func=cmd_corpus)
 
+    index = sub.add_parser("index", help="index a corpus (run by train/eval/sweep when missing or stale)",
+                           description="Probe every audio file of DATA in parallel worker processes (length, native "
+                                       "rate, channels, loudness, caption, label, split) and cache the index; a "
+                                       "re-run probes only new or changed files. Files that cannot be used are "
+                                       "listed with their reason.")
+    index.add_argument("data", help=DATA_HELP)
+    index.add_argument("--workers", type=int, default=None, help="probing processes (default: up to 8)")
+    index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    index.set_defaults(func=cmd_index)
+
     train = sub.add_parser("train", help="train a codec at a target bitrate (resumes if RUN has a checkpoint)",
                            description="Train a DAC-style codec with a Gaussian (vae), residual-VQ (rvq) or no "
                                        "(ae) bottleneck. For vae, --target-kbps B sets KL_target = B*ln2/frame_rate "
                                        "nats per frame. Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard logs "
                                        "and atomic checkpoints; running it again on RUN resumes exactly.")
-    train.add_argument("--data", required=True, help="folder of audio files (wav/flac/ogg/mp3), captions optional")
+    train.add_argument("--data", required=True, help=DATA_HELP)
     train.add_argument("--out", required=True, help="run folder")
     _add_config_arguments(train)
-    train.add_argument("--target-kbps", type=float, default=None, help="target bitrate in kbps (vae)")
+    target = train.add_mutually_exclusive_group()
+    target.add_argument("--target-kbps", type=float, default=None, help="target bitrate in kbps (vae)")
+    target.add_argument("--target-nats", type=float, default=None,
+                        help="target KL in nats per latent frame (vae), converted at the model's frame rate")
+    train.add_argument("--kl-lambda", type=float, default=None,
+                       help="the paper's squared loss lambda*(KL - KL_target)^2 with lambda per nat squared "
+                            "(e.g. 1, 2 or 10); implies --kl-control target")
     train.add_argument("--bottleneck", choices=["vae", "rvq", "ae"], default=None, help="bottleneck type (default vae)")
     train.add_argument("--kl-control", choices=["target", "pi", "lagrange", "fixed", "capacity"], default=None,
                        help="rate controller for vae (default lagrange: the target-KL loss plus a multiplier that removes its offset)")
@@ -319,10 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(measured), target_kbps, frame_rate, mel_distance, stft_distance, si_sdr, "
                                           "pesq, stoi, visqol.")
     evaluate.add_argument("run", help="run folder")
-    evaluate.add_argument("--data", required=True, help="folder of audio (the same one the run trained on)")
+    evaluate.add_argument("--data", required=True, help="the audio the run trained on (folder, manifest or shards)")
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     evaluate.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_device_argument(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
     sweep = sub.add_parser("sweep", help="rate-distortion sweep: target-KL VAEs vs RVQ, fixed beta, AE and classic codecs",
@@ -330,9 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
                                        "evaluate all of them on the same held-out clips, and write SWEEP/rd.csv, "
                                        "rd.json, rd.png and report.html. An interrupted sweep continues where it "
                                        "stopped; finished runs are never retrained.")
-    sweep.add_argument("--data", required=True, help="folder of audio (captions optional)")
+    sweep.add_argument("--data", required=True, help=DATA_HELP)
     sweep.add_argument("--out", required=True, help="sweep folder")
     sweep.add_argument("--kbps", default="0.5,1,2,4,8", help="target bitrates in kbps (default: 0.5,1,2,4,8)")
+    sweep.add_argument("--nats", default=None,
+                       help="targets in nats per latent frame instead, e.g. 80,160,320,640,1280 (converted at the "
+                            "preset's frame rate)")
     sweep.add_argument("--baselines", default="rvq,beta,ae,opus,mp3,codec2",
                        help="any of rvq (matched bitrates), beta (fixed KL weights), ae (plain autoencoders), "
                             "opus, mp3, codec2 (default: all)")
@@ -341,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(sweep)
     sweep.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
     controllers = sub.add_parser("controllers", help="compare the rate controllers on real audio at several rates",
@@ -348,13 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "the held-out rate against the target, the step from which the "
                                              "whole-clip training rate stays within 2%% of the target, and the mel "
                                              "distance; writes OUT/controllers.json, .csv and a rate-vs-step plot.")
-    controllers.add_argument("--data", required=True, help="folder of audio (captions optional)")
+    controllers.add_argument("--data", required=True, help=DATA_HELP)
     controllers.add_argument("--out", required=True, help="output folder (runs are kept and reused)")
     controllers.add_argument("--kbps", default="0.5,2,8", help="target bitrates in kbps (default: 0.5,2,8)")
     controllers.add_argument("--controllers", default="target,capacity,pi,lagrange",
                              help="comma-separated controllers (default: target,capacity,pi,lagrange)")
     _add_config_arguments(controllers)
     controllers.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_device_argument(controllers)
     controllers.set_defaults(func=cmd_controllers)
 
     sanity = sub.add_parser("sanity", help="Shannon-limit check: each rate controller on a Gaussian source with known D(R)",
@@ -378,9 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "eval mode into LATENTS/latents.safetensors, with manifest.jsonl (captions, "
                                      "labels, split) and info.json (the run, frame rate, measured held-out rate).")
     pre.add_argument("run", help="run folder (a vae run)")
-    pre.add_argument("--data", required=True, help="folder of audio with captions.jsonl (or a captions CSV)")
+    pre.add_argument("--data", required=True, help=DATA_HELP)
     pre.add_argument("--out", required=True, help="latents folder to write")
     pre.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_device_argument(pre)
     pre.set_defaults(func=cmd_pre_encode)
 
     gen_train = sub.add_parser("gen-train", help="train the text-to-latent generator (flow matching, CFG)",
@@ -390,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "checkpoint.")
     gen_train.add_argument("--latents", required=True, help="folder written by `targetkl pre-encode`")
     gen_train.add_argument("--out", required=True, help="generator folder")
-    _add_gen_arguments(gen_train)
+    _add_gen_arguments(gen_train, batch=False)
     gen_train.set_defaults(func=cmd_gen_train)
 
     generate = sub.add_parser("generate", help="text to audio with a trained generator and its VAE",
@@ -403,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cfg", type=float, default=3.0, help="guidance scale; 1 = conditional model only (default: 3)")
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     generate.add_argument("--seconds", type=float, default=None, help="length (default: the training clips' length)")
+    _add_device_argument(generate, batch=False)
     generate.set_defaults(func=cmd_generate)
 
     select = sub.add_parser("select", help="train a generator on each VAE of a sweep and pick the best bitrate",
@@ -411,14 +488,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "judge trained on the corpus (and against random latents). Writes "
                                         "generation.json/csv/png and a report.html section; names the best bitrate.")
     select.add_argument("--sweep", required=True, help="sweep folder (from `targetkl sweep`)")
-    select.add_argument("--data", default=None, help="audio folder (default: the one the sweep used)")
+    select.add_argument("--data", default=None, help="the audio (default: the one the sweep used)")
     select.add_argument("--repeats", type=int, default=3, help="generations per held-out caption (default: 3)")
     select.add_argument("--sample-steps", type=int, default=32, help="Euler sampling steps (default: 32)")
     select.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: 3)")
     select.add_argument("--embedding", default="judge",
                         help="audio embedding of the Frechet distance: judge (the corpus-trained classifier, default) "
                              "or a name registered with targetkl.gen.evaluate.register_audio_embedder")
-    _add_gen_arguments(select)
+    _add_gen_arguments(select, batch=True)
     select.set_defaults(func=cmd_select)
 
     _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
@@ -445,6 +522,7 @@ def _file_command(sub, name: str, func, help_text: str, description: str, input_
     command.add_argument("run", help="run folder")
     command.add_argument("input", help=input_help)
     command.add_argument("output", help=output_help)
+    _add_device_argument(command)
     command.set_defaults(func=func)
     return command
 

@@ -78,6 +78,13 @@ class RateConfig:
     with the goal at the target, which squeezes low targets within a few steps; ``'goal'`` anneals the
     goal geometrically from the free phase's KL to the target at full penalty weight (see
     ``targetkl.control``).
+
+    ``kl_lambda`` gives the ``target`` controller the paper's absolute weight: ``kl_lambda * (KL - KL_target)^2``
+    per nat squared (the paper used 1, 2 and 10) instead of ``weight`` per squared relative error.
+    Calibration encodes ``calibrate_clips`` windows of at most ``calibrate_seconds`` every
+    ``calibrate_every`` steps, ``calibrate_batch`` at a time (1 in ``tiny``, whose numbers it keeps as they
+    were; batching changes float rounding only); its share of the run's time is logged as
+    ``time/calibration_share``.
     """
 
     target_kbps: float | None = 2.0
@@ -97,7 +104,10 @@ class RateConfig:
     warmup: str = "weight"
     calibrate_every: int = 10
     calibrate_clips: int = 32
+    calibrate_seconds: float = 10.0
+    calibrate_batch: int = 1
     calibrate_gain: float = 0.2
+    kl_lambda: float | None = None
 
 
 @dataclass
@@ -117,9 +127,13 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
+    """``workers``: DataLoader processes reading training crops per training process; -1 picks them for the
+    machine (none on two cores or fewer, else half of each process's share of the cores, at most 8)."""
+
     segment_seconds: float = 0.32
     valid_percent: float = 10.0
     loudness_dbfs: float = -20.0
+    workers: int = -1
 
 
 @dataclass
@@ -192,7 +206,24 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
                   "log_every": 50},
     },
+    # The paper's model (Seetharaman and Kumar, ICASSP 2026): DAC's codec at 48 kHz with a Gaussian
+    # bottleneck, 40 Hz latent frames (hop 2*4*5*5*6 = 1200), 128 latent channels, adversarial losses.
+    # 80 nats per frame (the paper's lowest target) is 4.62 kbps at 40 Hz; 1280 nats is 73.9 kbps.
+    "dacvae-48k": {
+        "model": {"sample_rate": 48000, "encoder_dim": 32, "strides": (2, 4, 5, 5, 6),
+                  "decoder_dim": 1536, "latent_dim": 128},
+        "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
+                 "adversarial": True},
+        "data": {"segment_seconds": 0.5},
+        "rate": {"target_kbps": 320 * 40 / math.log(2) / 1000, "free_steps": 10000, "warmup_steps": 10000,
+                 "calibrate_every": 100, "calibrate_clips": 32, "calibrate_seconds": 5.0, "calibrate_batch": 8},
+        "train": {"steps": 400000, "batch_size": 12, "lr": 1e-4, "schedule": "exponential",
+                  "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
+                  "log_every": 50},
+    },
 }
+for _name in ("base-24k", "dac-44k"):
+    PRESETS[_name]["rate"].update({"calibrate_every": 100, "calibrate_seconds": 5.0, "calibrate_batch": 8})
 
 
 def coerce(value: Any, template: Any, key: str) -> Any:
@@ -340,7 +371,7 @@ def validate(config: Config) -> None:
             f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
             f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
     if model.bottleneck == "vae" and rate_config.controller != "fixed":
-        if rate_config.target_kbps is None or rate_config.target_kbps <= 0:
+        if rate_config.target_kbps is None or not (rate_config.target_kbps > 0 and math.isfinite(rate_config.target_kbps)):
             raise ConfigError(f"rate.target_kbps={rate_config.target_kbps}: a target bitrate must be positive")
         bits_per_value = 16.0
         ceiling = rate.bits_per_frame_to_kbps(model.latent_dim * bits_per_value, model.frame_rate)
@@ -359,8 +390,23 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.schedule={train.schedule!r}: choose constant, cosine or exponential")
     if not 0 <= train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
+    if rate_config.calibrate_seconds <= 0 or rate_config.calibrate_clips < 0 or rate_config.calibrate_batch < 1:
+        raise ConfigError("rate.calibrate_seconds must be positive, rate.calibrate_clips >= 0 and "
+                          "rate.calibrate_batch >= 1")
+    if rate_config.kl_lambda is not None and not rate_config.kl_lambda > 0:
+        raise ConfigError(f"rate.kl_lambda={rate_config.kl_lambda}: the weight per nat squared must be positive")
     if not 0 <= config.data.valid_percent < 100:
         raise ConfigError(f"data.valid_percent={config.data.valid_percent}: must be in [0, 100)")
+
+
+def with_target_nats(config: Config, nats_per_frame: float | None) -> Config:
+    """``config`` with its target given in nats per frame (converted to kbps at the model's frame rate)."""
+    if nats_per_frame is None:
+        return config
+    if not (nats_per_frame > 0 and math.isfinite(nats_per_frame)):
+        raise ConfigError(f"--target-nats {nats_per_frame}: a target KL must be a positive number of nats per frame")
+    kbps = rate.nats_per_frame_to_kbps(nats_per_frame, config.model.frame_rate)
+    return apply_overrides(config, {"rate": {"target_kbps": kbps}}, where="--target-nats")
 
 
 def resolve(preset_name: str = "tiny", files: list[str] | None = None, assignments: list[str] | None = None,

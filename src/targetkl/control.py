@@ -10,7 +10,8 @@ the middle of a clip, and a crop of 16 frames would otherwise under-report the r
 several percent (the held-out rate is measured on whole clips).
 
 - ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
-- ``target``:   ``lambda * (KL - KL_target)^2`` with ``lambda = weight / KL_target^2`` -- the target-KL
+- ``target``:   ``lambda * (KL - KL_target)^2`` with ``lambda = weight / KL_target^2`` (or ``rate.kl_lambda``,
+                the paper's absolute weight per nat squared) -- the target-KL
                 loss, its weight given per squared *relative* error so that 10% off costs the same at
                 0.5 and at 8 kbps. With a fixed weight it settles where its gradient balances the
                 reconstruction gradient, slightly above target.
@@ -196,13 +197,19 @@ class FixedBeta(KLController):
 
 
 class TargetKL(KLController):
+    """``weight * ((KL - goal) / scale)^2``, or with ``rate.kl_lambda`` the paper's ``kl_lambda * (KL - goal)^2``
+    in nats (a weight per nat squared)."""
+
     name = "target"
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
         self.weight = config.weight
+        self.kl_lambda = config.kl_lambda
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
+        if self.kl_lambda is not None:
+            return self.kl_lambda * (kl - self.goal()).pow(2).mean()
         return self.weight * ((kl - self.goal()) / self.scale()).pow(2).mean()
 
 

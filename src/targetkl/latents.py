@@ -3,19 +3,21 @@
 File contents: ``latent`` ``(latent_dim, frames)`` float32 (the posterior mean for a VAE, the quantized
 latent otherwise), ``std`` for a VAE, ``codes`` ``(n_codebooks, frames)`` for RVQ; metadata records the
 sample rate, hop, frame rate, original length in samples and the model fingerprint.
+
+Both directions run in chunks (:mod:`targetkl.inference`): the audio is read from disk one chunk at a
+time and the decoded audio written as it comes, so a file of any length fits in bounded memory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from targetkl.data import load_audio
+from targetkl.data.audio import file_entry, read_window, write_audio_stream
+from targetkl.inference import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, CodecRunner
 from targetkl.models.codec import Codec, model_fingerprint
 
 
@@ -23,23 +25,33 @@ class LatentFileError(ValueError):
     """A latent file that is damaged or belongs to another model."""
 
 
+def _check_output(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}; create it first")
+    return path
+
+
 @torch.no_grad()
-def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path) -> dict:
-    audio = load_audio(audio_path, model.sample_rate)
-    tensor = model.pad(torch.from_numpy(audio)[None, None])
-    model.eval()
-    encoded = model.encode(tensor)
-    tensors = {"latent": encoded.z[0].float().contiguous()}
+def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
+                chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> dict:
+    out_path = _check_output(out_path)
+    entry = file_entry(audio_path)
+    length = entry.length_at(model.sample_rate)
+    runner = CodecRunner(model, batch_size=batch_size, chunk_seconds=chunk_seconds)
+    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(entry, start, stop - start,
+                                                                                 model.sample_rate))[0]
+    tensors = {"latent": encoded.z.contiguous()}
     if encoded.std is not None:
-        tensors["std"] = encoded.std[0].float().contiguous()
+        tensors["std"] = encoded.std.contiguous()
     if encoded.codes is not None:
-        tensors["codes"] = encoded.codes[0].to(torch.int32).contiguous()
+        tensors["codes"] = encoded.codes.to(torch.int32).contiguous()
     metadata = {"format": "targetkl-latents", "version": "1", "sample_rate": str(model.sample_rate),
-                "hop": str(model.hop), "frame_rate": repr(model.frame_rate), "num_samples": str(len(audio)),
+                "hop": str(model.hop), "frame_rate": repr(model.frame_rate), "num_samples": str(length),
                 "fingerprint": model_fingerprint(model),
-                "bits_per_frame": repr(float(encoded.bits_per_frame.double().mean()))}
+                "bits_per_frame": repr(float(encoded.bits_per_frame.mean()))}
     save_file(tensors, str(out_path), metadata=metadata)
-    return {"frames": int(encoded.z.shape[-1]), **metadata}
+    return {"frames": encoded.frames, **metadata}
 
 
 def read_latent_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -58,7 +70,9 @@ def read_latent_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 @torch.no_grad()
-def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path) -> dict:
+def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
+                chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> dict:
+    out_path = _check_output(out_path)
     tensors, metadata = read_latent_file(latent_path)
     fingerprint = model_fingerprint(model)
     if metadata.get("fingerprint") != fingerprint:
@@ -67,8 +81,15 @@ def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path) -> 
     latent = tensors["latent"]
     if latent.ndim != 2 or latent.shape[0] != model.latent_dim:
         raise LatentFileError(f"{latent_path}: latent of shape {tuple(latent.shape)} does not fit this model")
-    model.eval()
-    audio = model.decode(latent[None].float())[0, 0].numpy()
-    audio = audio[: int(metadata["num_samples"])]
-    sf.write(str(out_path), np.asarray(audio, dtype=np.float32), model.sample_rate, subtype="PCM_16")
-    return {"samples": len(audio), "sample_rate": model.sample_rate}
+    try:
+        num_samples = int(metadata["num_samples"])
+    except (KeyError, ValueError):
+        raise LatentFileError(f"{latent_path}: damaged metadata (num_samples {metadata.get('num_samples')!r}); "
+                              "re-encode it with `targetkl encode`") from None
+    if not 0 < num_samples <= latent.shape[-1] * model.hop:
+        raise LatentFileError(f"{latent_path}: num_samples {num_samples} does not fit its {latent.shape[-1]} frames; "
+                              "re-encode it with `targetkl encode`")
+    runner = CodecRunner(model, batch_size=batch_size, chunk_seconds=chunk_seconds)
+    pieces = ((first, audio) for _, first, audio in runner.decode_pieces([latent.float()]))
+    samples = write_audio_stream(out_path, model.sample_rate, pieces, num_samples)
+    return {"samples": samples, "sample_rate": model.sample_rate}

@@ -1,5 +1,7 @@
-"""Audio data: the synthesized demo corpus, folder loading with captions, splits and random crops."""
+"""Audio data: the synthesized demo corpus, the corpus index, splits, lazily read clips and crops."""
 
-from targetkl.data.audio import AudioClip, AudioSet, DataError, load_audio, load_folder, random_crops
+from targetkl.data.audio import AudioClip, AudioSet, load_audio, load_folder, random_crops, read_window
+from targetkl.data.index import DataError, ensure_index
 
-__all__ = ["AudioClip", "AudioSet", "DataError", "load_audio", "load_folder", "random_crops"]
+__all__ = ["AudioClip", "AudioSet", "DataError", "ensure_index", "load_audio", "load_folder", "random_crops",
+           "read_window"]

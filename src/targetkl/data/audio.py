@@ -1,15 +1,18 @@
-"""Load a folder of audio files with optional captions into memory, split it and cut random crops.
+"""Corpora as indexed sources: splits, lazily read clips, windows and random crops.
 
-Audio arrays are float32, mono, ``(samples,)`` at the model's sample rate, loudness-normalized.
+Nothing here holds a corpus in memory: an :class:`AudioSet` is the index entries of one split, and
+every clip, window or crop is read from disk when asked for (wav/flac/aiff seek to the window, other
+formats decode what they must; a tar member is read from its byte offset). Audio arrays are float32,
+mono, ``(samples,)`` at the model's sample rate (soxr), scaled by the file's stored loudness gain.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
+import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,17 +20,18 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from tqdm import tqdm
+
+from targetkl.data.index import (AUDIO_EXTENSIONS, DataError, IndexEntry, ensure_index, find_audio_files, open_sound,
+                                 read_captions)
 
 log = logging.getLogger("targetkl.data")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 SILENCE_RMS = 1e-5
 MAX_SECONDS = 600.0
+RESAMPLE_MARGIN = 2048
 
-
-class DataError(ValueError):
-    """A data set that cannot be used; the message names the path and the fix."""
+__all__ = ["AUDIO_EXTENSIONS", "AudioClip", "AudioSet", "DataError", "find_audio_files", "load_audio", "load_folder",
+           "random_crops", "read_captions", "read_window"]
 
 
 @dataclass
@@ -36,32 +40,6 @@ class AudioClip:
     audio: np.ndarray
     caption: str | None = None
     label: str | None = None
-
-
-@dataclass
-class AudioSet:
-    """Clips of one split, plus what was skipped while loading and why."""
-
-    root: Path
-    sample_rate: int
-    clips: list[AudioClip]
-    skipped: dict[str, str] = field(default_factory=dict)
-    cropped: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def summary(self) -> str:
-        reasons = Counter(reason.split(":")[0].split(" (")[0] for reason in self.skipped.values())
-        detail = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
-        text = f"{len(self.clips)} clips loaded from {self.root}"
-        if self.cropped:
-            text += f"; {len(self.cropped)} longer than the limit, cut to their start"
-        return text + (f"; skipped {len(self.skipped)} ({detail})" if self.skipped else "")
-
-
-def find_audio_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
@@ -84,56 +62,27 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-def loudness_gain(audio: np.ndarray, target_dbfs: float) -> float:
-    """The gain that brings ``audio`` to ``target_dbfs`` RMS with its peak below 0.99; 1 for silence."""
-    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if len(audio) else 0.0
-    if rms < SILENCE_RMS:
+def gain_for_level(rms: float, peak: float, target_dbfs: float | None) -> float:
+    """The gain that brings audio of this RMS to ``target_dbfs`` with its peak below 0.99; 1 for silence
+    (or when ``target_dbfs`` is ``None``)."""
+    if target_dbfs is None or rms < SILENCE_RMS:
         return 1.0
     gain = 10 ** (target_dbfs / 20) / rms
-    peak = float(np.max(np.abs(audio))) * gain
-    return gain * (0.99 / peak) if peak > 0.99 else gain
+    loudest = peak * gain
+    return gain * (0.99 / loudest) if loudest > 0.99 else gain
+
+
+def loudness_gain(audio: np.ndarray, target_dbfs: float) -> float:
+    """:func:`gain_for_level` of an array."""
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if len(audio) else 0.0
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    return gain_for_level(rms, peak, target_dbfs)
 
 
 def normalize_loudness(audio: np.ndarray, target_dbfs: float) -> np.ndarray:
     """Scale to ``target_dbfs`` RMS, then down so the peak stays below 0.99. Silence is left as it is."""
     gain = loudness_gain(audio, target_dbfs)
     return audio if gain == 1.0 else (audio * gain).astype(np.float32)
-
-
-def read_captions(root: Path) -> tuple[dict[str, dict], list[str]]:
-    """Captions keyed by path relative to ``root`` (also by file stem, for AudioCaps-style CSVs).
-
-    Reads ``captions.jsonl`` lines ``{"path", "caption"[, "label"]}`` or any ``*.csv`` with a ``caption``
-    column and a ``path``, ``file_name`` or ``youtube_id`` column. Returns ``(captions, problems)``.
-    """
-    captions: dict[str, dict] = {}
-    problems: list[str] = []
-    jsonl = root / "captions.jsonl"
-    if jsonl.is_file():
-        for number, line in enumerate(jsonl.read_text(errors="replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not isinstance(row.get("caption"), str):
-                    raise ValueError("needs string fields 'path' and 'caption'")
-            except ValueError as error:
-                problems.append(f"{jsonl}:{number}: bad caption line ({error})")
-                continue
-            captions[row["path"]] = row
-    for table in sorted(root.glob("*.csv")):
-        with open(table, newline="", errors="replace") as handle:
-            reader = csv.DictReader(handle)
-            fields = reader.fieldnames or []
-            key = next((k for k in ("path", "file_name", "youtube_id") if k in fields), None)
-            if "caption" not in fields or key is None:
-                continue
-            for number, row in enumerate(reader, start=2):
-                if not row.get(key) or not row.get("caption"):
-                    problems.append(f"{table}:{number}: bad caption row (empty {key} or caption)")
-                    continue
-                captions.setdefault(row[key], {"path": row[key], "caption": row["caption"]})
-    return captions, problems
 
 
 def held_out_score(relative_path: str) -> int:
@@ -155,70 +104,219 @@ def split_paths(relative_paths: list[str], valid_percent: float) -> tuple[list[s
     return train, held_out
 
 
+def _resample(mono: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    if rate_in == rate_out:
+        return mono
+    return soxr.resample(mono, rate_in, rate_out, quality="HQ").astype(np.float32)
+
+
+def _read_native(sound: sf.SoundFile, start: int, frames: int) -> np.ndarray:
+    """Mono float32 frames ``[start, start + frames)`` of an open file; decodes from the start where the
+    format cannot seek."""
+    try:
+        sound.seek(start)
+        data = sound.read(frames, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.SoundFileError):
+        sound.seek(0)
+        data = sound.read(start + frames, dtype="float32", always_2d=True)[start:]
+    return data.mean(axis=1) if data.shape[0] else np.zeros(0, dtype=np.float32)
+
+
+def read_window(entry: IndexEntry, start: int, length: int, sample_rate: int, gain: float = 1.0) -> np.ndarray:
+    """Samples ``[start, start + length)`` of ``entry`` at ``sample_rate``, times ``gain``: ``(length,)``
+    float32, zero-padded past the end of the file.
+
+    At another native rate the window is read with a margin, on the grid where native and model
+    samples coincide, resampled with soxr and cut; it equals the same window of the resampled whole
+    file up to the resampler's edge effects inside the margin.
+    """
+    out = np.zeros(length, dtype=np.float32)
+    native = entry.sample_rate
+    try:
+        with open_sound(entry.file, entry.offset, entry.member_size) as sound:
+            if native == sample_rate:
+                audio = _read_native(sound, start, min(length, max(entry.frames - start, 0)))
+            else:
+                period_native = native // math.gcd(native, sample_rate)
+                period_model = sample_rate // math.gcd(native, sample_rate)
+                first = max(0, (start * native // sample_rate - RESAMPLE_MARGIN) // period_native * period_native)
+                last = min(entry.frames, -(-((start + length) * native // sample_rate + RESAMPLE_MARGIN)
+                                          // period_native) * period_native)
+                resampled = _resample(_read_native(sound, first, max(last - first, 0)), native, sample_rate)
+                skip = start - first // period_native * period_model
+                audio = resampled[skip:skip + length]
+    except (OSError, RuntimeError, sf.SoundFileError) as error:
+        raise DataError(f"{entry.file}: unreadable audio while reading a window ({error}); re-index with "
+                        "`targetkl index`") from error
+    audio = audio[:length]
+    out[:len(audio)] = audio if gain == 1.0 else audio * gain
+    return out
+
+
+@dataclass
+class AudioSet:
+    """The index entries of one split, read from disk on demand.
+
+    ``clips`` is a sequence of :class:`AudioClip` whose audio is read when an item is taken (at most
+    ``max_seconds``; longer files keep their start and are listed in ``cropped``). ``read`` gives any
+    window, ``length`` the length of clip ``i`` in samples at ``sample_rate``.
+    """
+
+    root: Path
+    sample_rate: int
+    entries: list[IndexEntry]
+    loudness_dbfs: float | None = -20.0
+    skipped: dict[str, str] = field(default_factory=dict)
+    max_seconds: float = MAX_SECONDS
+
+    def __post_init__(self) -> None:
+        self.lengths = np.array([e.length_at(self.sample_rate) for e in self.entries], dtype=np.int64)
+        self.gains = np.array([gain_for_level(e.rms, e.peak, self.loudness_dbfs) for e in self.entries])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def cropped(self) -> list[str]:
+        longest = int(self.max_seconds * self.sample_rate)
+        return [e.path for e, n in zip(self.entries, self.lengths) if n > longest]
+
+    @property
+    def seconds(self) -> float:
+        return float(self.lengths.sum()) / self.sample_rate
+
+    @property
+    def clips(self) -> "LazyClips":
+        return LazyClips(self)
+
+    def length(self, index: int) -> int:
+        return int(self.lengths[index])
+
+    def read(self, index: int, start: int = 0, length: int | None = None) -> np.ndarray:
+        """``(length,)`` samples of clip ``index`` from ``start`` (default: to the end), loudness-normalized."""
+        if length is None:
+            length = max(self.length(index) - start, 0)
+        return read_window(self.entries[index], start, length, self.sample_rate, float(self.gains[index]))
+
+    def clip(self, index: int) -> AudioClip:
+        entry = self.entries[index]
+        length = min(self.length(index), int(self.max_seconds * self.sample_rate))
+        return AudioClip(entry.path, self.read(index, 0, length), entry.caption, entry.label)
+
+    def summary(self) -> str:
+        reasons = Counter(reason.split(":")[0].split(" (")[0] for reason in self.skipped.values())
+        detail = ", ".join(f"{count} {reason}" for reason, count in reasons.items())
+        text = f"{len(self.entries)} clips ({self.seconds / 3600:.2f} h) indexed in {self.root}"
+        if self.cropped:
+            text += (f"; {len(self.cropped)} longer than the limit of {self.max_seconds:g} s, cut to their start "
+                     "where whole clips are read (evaluation; training crops reach all of them)")
+        return text + (f"; skipped {len(self.skipped)} ({detail})" if self.skipped else "")
+
+
+class LazyClips(Sequence):
+    """``AudioSet.clips``: indexing reads the clip from disk; nothing is kept."""
+
+    def __init__(self, audio_set: AudioSet):
+        self.audio_set = audio_set
+
+    def __len__(self) -> int:
+        return len(self.audio_set)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.audio_set.clip(i) for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.audio_set.clip(index)
+
+
 def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_percent: float = 10.0,
                 loudness_dbfs: float | None = -20.0, progress: bool = True,
-                max_seconds: float = MAX_SECONDS) -> AudioSet:
-    """Load the ``train``, ``held_out`` or ``all`` split of a folder of audio files.
+                max_seconds: float = MAX_SECONDS, workers: int | None = None) -> AudioSet:
+    """The ``train``, ``held_out`` or ``all`` split of a ``--data`` source (folder, manifest or shards).
 
-    Unreadable, empty and non-finite files are skipped with one warning naming the file and the reason;
-    files longer than ``max_seconds`` keep their first ``max_seconds`` (one warning each), so one
-    multi-hour recording cannot exhaust memory. A summary line counts both. ``DataError`` if nothing is
-    usable.
+    The split is by a hash of each listed path (usable or not, so a file's split never depends on
+    whether its neighbours could be read). Indexes the source first (cached; only new or changed files are probed). Unusable files are skipped
+    with one warning each naming the file and the reason. ``DataError`` if the split holds nothing usable.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder; pass a folder of audio files (make one with `targetkl corpus`)")
-    files = find_audio_files(root)
-    if not files:
-        raise DataError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found; "
-                        "point --data at a folder of audio, e.g. one made by `targetkl corpus`")
-    captions, problems = read_captions(root)
-    for problem in problems:
-        log.warning(problem)
-    relative = [f.relative_to(root).as_posix() for f in files]
-    train, held_out = split_paths(relative, valid_percent)
-    chosen = {"train": train, "held_out": held_out, "all": relative}[split]
-    clips, skipped, cropped = [], {}, []
-    longest = int(max_seconds * sample_rate)
-    for rel in tqdm(chosen, desc=f"loading {split} audio", disable=not progress, leave=False):
-        try:
-            audio = load_audio(root / rel, sample_rate)
-        except DataError as error:
-            reason = str(error).split(": ", 1)[1]
-            log.warning("skipping %s", error)
-            skipped[rel] = reason
-            continue
-        if len(audio) > longest:
-            log.warning("%s: %.0f s long, keeping the first %g s", root / rel, len(audio) / sample_rate, max_seconds)
-            audio = audio[:longest]
-            cropped.append(rel)
-        if loudness_dbfs is not None:
-            audio = normalize_loudness(audio, loudness_dbfs)
-        meta = captions.get(rel) or captions.get(Path(rel).stem) or {}
-        clips.append(AudioClip(rel, audio, meta.get("caption"), meta.get("label")))
-    audio_set = AudioSet(root, sample_rate, clips, skipped, cropped)
-    if skipped or cropped:
+    index = ensure_index(root, workers=workers, progress=progress)
+    if not index.entries and not index.skipped:
+        raise DataError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found; point --data at a folder "
+                        "of audio, a manifest or shards, e.g. a folder made by `targetkl corpus`")
+    all_paths = sorted([e.path for e in index.entries] + list(index.skipped))
+    if split == "all":
+        chosen_paths = all_paths
+    else:
+        train, held_out = split_paths(all_paths, valid_percent)
+        chosen_paths = train if split == "train" else held_out
+    chosen = set(chosen_paths)
+    entries = [e for e in index.entries if e.path in chosen]
+    skipped = {p: index.skipped[p] for p in chosen_paths if p in index.skipped}
+    audio_set = AudioSet(Path(str(root)), sample_rate, entries, loudness_dbfs, skipped, max_seconds)
+    if skipped or audio_set.cropped:
         log.warning(audio_set.summary())
-    if not clips:
-        raise DataError(f"{root}: none of the {len(chosen)} audio files in the {split} split could be used "
+    if not entries:
+        raise DataError(f"{root}: none of the {len(chosen_paths)} audio files in the {split} split could be used "
                         f"({len(skipped)} unreadable); check the files")
     return audio_set
 
 
-def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, seed: int, step: int) -> torch.Tensor:
+def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, seed: int, step: int,
+                 rows: range | None = None) -> torch.Tensor:
     """A ``(batch, 1, segment_samples)`` batch of random crops, a pure function of ``(seed, step)``.
 
     Clips shorter than the segment are placed at a random offset in zeros. Because the batch depends
-    only on the step, a resumed run sees exactly the batches an uninterrupted run would.
+    only on the step, a resumed run sees exactly the batches an uninterrupted run would. ``rows`` reads
+    only those rows of the batch (a process's slice under data parallelism); the others are not read.
     """
     rng = np.random.default_rng([seed, step, 0x7A])
-    batch = np.zeros((batch_size, 1, segment_samples), dtype=np.float32)
-    for row, index in enumerate(rng.integers(0, len(audio_set.clips), batch_size)):
-        audio = audio_set.clips[index].audio
-        if len(audio) >= segment_samples:
-            start = int(rng.integers(0, len(audio) - segment_samples + 1))
-            batch[row, 0] = audio[start:start + segment_samples]
+    rows = range(batch_size) if rows is None else rows
+    plan = []
+    for row, index in enumerate(rng.integers(0, len(audio_set), batch_size)):
+        length = audio_set.length(int(index))
+        start = int(rng.integers(0, abs(length - segment_samples) + 1))
+        plan.append((int(index), length, start))
+    batch = np.zeros((len(rows), 1, segment_samples), dtype=np.float32)
+    for out_row, row in enumerate(rows):
+        index, length, start = plan[row]
+        if length >= segment_samples:
+            batch[out_row, 0] = audio_set.read(index, start, segment_samples)
         else:
-            start = int(rng.integers(0, segment_samples - len(audio) + 1))
-            batch[row, 0, start:start + len(audio)] = audio
+            batch[out_row, 0, start:start + length] = audio_set.read(index, 0, length)
     return torch.from_numpy(batch)
+
+
+def file_entry(path: str | Path) -> IndexEntry:
+    """Probe one audio file (a streaming pass: length, rate, loudness) as an :class:`IndexEntry`;
+    ``DataError`` naming the file when it cannot be used."""
+    from targetkl.data.index import probe
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such audio file")
+    result = probe({"file": str(path)})
+    if "reason" in result:
+        raise DataError(f"{path}: {result['reason']}")
+    if result.get("warning"):
+        log.warning("%s: %s; using what it holds", path, result["warning"])
+    stat = path.stat()
+    return IndexEntry(path=str(path), file=str(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
+                      **{k: result[k] for k in ("sample_rate", "channels", "frames", "rms", "peak")})
+
+
+def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: int) -> int:
+    """Write ``(first sample, audio)`` pieces in order into a 16-bit wav of ``num_samples`` samples, as they
+    come (the file is never in memory whole); returns the samples written."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}; create it first")
+    written = 0
+    with sf.SoundFile(str(path), "w", sample_rate, 1, "PCM_16") as out:
+        for first, audio in pieces:
+            audio = audio[: max(num_samples - first, 0)]
+            if len(audio):
+                out.write(np.clip(audio, -1.0, 1.0))
+                written += len(audio)
+    return written

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from targetkl.inference import DEFAULT_BATCH_SIZE
 from targetkl.eval.report import figure_png, write_csv
 from targetkl.eval.sweep import Sweep, SweepPoint
-from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
+from targetkl.fileio import write_bytes_atomic, write_text_atomic
 from targetkl.train.logger import read_metrics
 
 SETTLE_TOLERANCE = 0.02
@@ -67,10 +68,12 @@ def plot_rates(rows: list[dict], series: dict[str, list[tuple[int, float]]]) -> 
 
 def compare_controllers(data: str | Path, out: str | Path, kbps: list[float], controllers: list[str],
                         preset: str = "tiny", config_files: list[str] | None = None,
-                        assignments: list[str] | None = None, progress: bool = True) -> list[dict]:
+                        assignments: list[str] | None = None, progress: bool = True, device: str | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict]:
     """Train (or reuse) one run per controller and target; returns and writes the comparison rows."""
     out = Path(out)
-    sweep = Sweep(data, out, preset, config_files, assignments, perceptual=False, example_clips=0, progress=progress)
+    sweep = Sweep(data, out, preset, config_files, assignments, perceptual=False, example_clips=0, progress=progress,
+                  device=device, batch_size=batch_size)
     points = [SweepPoint(controller, f"{k:g}kbps", k, {"model.bottleneck": "vae", "rate.controller": controller,
                                                        "rate.target_kbps": k})
               for controller in controllers for k in kbps]

@@ -9,15 +9,19 @@ from pathlib import Path
 from targetkl.config import Config
 from targetkl.data import load_folder
 from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
+from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
 
 
 def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptual: bool = True,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    """Measure ``model`` (on whichever device it is) on the held-out split of ``data_dir``, read from disk
+    ``batch_size`` clips at a time."""
     held_out = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
                            config.data.loudness_dbfs, progress=False)
-    result = measure_rate_and_distortion(model, held_out.clips, "cpu", perceptual=perceptual, progress=progress)
+    result = measure_rate_and_distortion(model, held_out.clips, perceptual=perceptual, progress=progress,
+                                         batch_size=batch_size)
     target = config.rate.target_kbps if config.model.bottleneck == "vae" and config.rate.controller != "fixed" else None
     if config.model.bottleneck == "rvq":
         target = result["rate_kbps"]
@@ -33,9 +37,10 @@ def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptua
     return result
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, perceptual: bool = True, progress: bool = True) -> dict:
-    loaded = load_run(run_dir)
-    result = evaluate_model(loaded.model, loaded.config, data_dir, perceptual, progress)
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, perceptual: bool = True, progress: bool = True,
+                 device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+    loaded = load_run(run_dir, choose_device(device))
+    result = evaluate_model(loaded.model, loaded.config, data_dir, perceptual, progress, batch_size)
     result.update({"run": str(run_dir), "step": loaded.step})
     return result
 

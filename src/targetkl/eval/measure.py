@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ from tqdm import tqdm
 from targetkl import rate
 from targetkl.data import AudioClip
 from targetkl.eval.metrics import clip_metrics, mean_metrics, mel_distance
+from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner
 from targetkl.models.codec import Codec
 
 
@@ -29,43 +31,62 @@ def latent_use(inputs: list[np.ndarray], decoded: list[np.ndarray], sample_rate:
     between_decodes, between_inputs = 0.0, 0.0
     for i in range(len(inputs)):
         j = (i + 1) % len(inputs)
-        length = min(len(inputs[i]), len(inputs[j]))  # each decode has its input's length
-        between_decodes += mel_distance(decoded[i][:length], decoded[j][:length], sample_rate)
-        between_inputs += mel_distance(inputs[i][:length], inputs[j][:length], sample_rate)
+        decodes, inputs_apart = _pair_distances((inputs[i], decoded[i]), (inputs[j], decoded[j]), sample_rate)
+        between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs_apart
     return between_decodes / between_inputs if between_inputs > 0 else math.nan
 
 
-@torch.no_grad()
-def reconstruct(model: Codec, audio: np.ndarray, device: torch.device | str = "cpu") -> tuple[np.ndarray, float, int]:
+def reconstruct(model: Codec, audio: np.ndarray, device: torch.device | str | None = None) -> tuple[np.ndarray, float, int]:
     """Encode and decode one clip in eval mode: ``(decoded (samples,), total bits, frames)``."""
-    model.eval()
-    tensor = torch.as_tensor(audio, dtype=torch.float32, device=device)[None, None]
-    padded = model.pad(tensor)
-    encoded = model.encode(padded)
-    decoded = model.decode(encoded.z)[0, 0, : len(audio)].float().cpu().numpy()
-    bits = encoded.bits_per_frame.double()
-    return decoded, float(bits.sum()), int(bits.shape[-1])
+    decoded, encoded = CodecRunner(model, device).reconstruct([audio])
+    return decoded[0], float(encoded[0].bits_per_frame.sum()), encoded[0].frames
 
 
-def measure_rate_and_distortion(model: Codec, clips: list[AudioClip], device: torch.device | str = "cpu",
-                                perceptual: bool = False, progress: bool = False) -> dict[str, float]:
+def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device: torch.device | str | None = None,
+                                perceptual: bool = False, progress: bool = False,
+                                batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
     """Held-out rate (``rate_kbps``: total bits over all frames, in eval mode), mean distortion and
     :func:`latent_use`.
 
-    The rate is ``frame_rate * mean_t(bits_t) / 1000`` over every frame of every clip.
+    The rate is ``frame_rate * mean_t(bits_t) / 1000`` over every frame of every clip. ``clips`` may be
+    read lazily (``AudioSet.clips``): they are taken ``batch_size`` at a time, so memory holds one batch
+    (and the first clip, for the last pair of :func:`latent_use`). Batches give the numbers of one clip
+    at a time up to float rounding.
     """
-    was_training = model.training
-    total_bits, total_frames, rows, decodes = 0.0, 0, [], []
-    for clip in tqdm(clips, desc="evaluating", disable=not progress, leave=False):
-        decoded, bits, frames = reconstruct(model, clip.audio, device)
-        total_bits += bits
-        total_frames += frames
-        rows.append(clip_metrics(clip.audio, decoded, model.sample_rate, perceptual))
-        decodes.append(decoded)
-    model.train(was_training)
+    runner = CodecRunner(model, device, batch_size)
+    total_bits, total_frames, rows = 0.0, 0, []
+    between_decodes, between_inputs = 0.0, 0.0
+    first = previous = None
+    bar = tqdm(total=len(clips), desc="evaluating", disable=not progress, leave=False)
+    for start in range(0, len(clips), batch_size):
+        batch = [clip.audio for clip in clips[start:start + batch_size]]
+        decoded, encoded = runner.reconstruct(batch)
+        for audio, decode, code in zip(batch, decoded, encoded):
+            total_bits += float(code.bits_per_frame.sum())
+            total_frames += code.frames
+            rows.append(clip_metrics(audio, decode, model.sample_rate, perceptual))
+            if previous is not None:
+                decodes, inputs = _pair_distances(previous, (audio, decode), model.sample_rate)
+                between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs
+            first = first or (audio, decode)
+            previous = (audio, decode)
+        bar.update(len(batch))
+    bar.close()
+    if len(rows) >= 2:
+        decodes, inputs = _pair_distances(previous, first, model.sample_rate)
+        between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs
+    use = between_decodes / between_inputs if len(rows) >= 2 and between_inputs > 0 else math.nan
     bits_per_frame = total_bits / max(total_frames, 1)
     result = {"rate_kbps": rate.bits_per_frame_to_kbps(bits_per_frame, model.frame_rate),
-              "bits_per_frame": bits_per_frame, "frame_rate": model.frame_rate, "clips": len(clips),
-              "latent_use": latent_use([clip.audio for clip in clips], decodes, model.sample_rate)}
+              "bits_per_frame": bits_per_frame, "frame_rate": model.frame_rate, "clips": len(rows),
+              "latent_use": use}
     result.update(mean_metrics(rows))
     return {k: (v if not (isinstance(v, float) and math.isnan(v)) else math.nan) for k, v in result.items()}
+
+
+def _pair_distances(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray],
+                    sample_rate: int) -> tuple[float, float]:
+    """Mel distances between two clips' decodes and between their inputs, both cut to the shorter clip."""
+    length = min(len(one[0]), len(other[0]))
+    return (mel_distance(one[1][:length], other[1][:length], sample_rate),
+            mel_distance(one[0][:length], other[0][:length], sample_rate))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 
 import numpy as np
 import soxr
@@ -23,6 +24,7 @@ MEL_WINDOWS = (128, 256, 512, 1024, 2048)
 STFT_WINDOWS = (256, 512, 1024, 2048)
 SPEECH_RATE = 16000
 VISQOL_MIN_SECONDS = 1.0
+MIN_SAMPLES = max(MEL_WINDOWS + STFT_WINDOWS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -37,12 +39,23 @@ def _tensor(audio: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(audio, dtype=np.float32))[None, None]
 
 
+def padded_to(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` followed by zeros up to ``samples`` (unchanged when it is that long already)."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio if len(audio) >= samples else np.pad(audio, (0, samples - len(audio)))
+
+
 def mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
+    """Multi-scale log-mel L1; a pair shorter than the largest window is zero-padded to it (the STFT's
+    reflection padding needs more samples than half a window)."""
+    reference, estimate = padded_to(reference, MIN_SAMPLES), padded_to(estimate, MIN_SAMPLES)
     with torch.no_grad():
         return float(_mel_metric(sample_rate)(_tensor(estimate), _tensor(reference)))
 
 
 def stft_distance(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Multi-resolution STFT distance; short pairs are zero-padded as in :func:`mel_distance`."""
+    reference, estimate = padded_to(reference, MIN_SAMPLES), padded_to(estimate, MIN_SAMPLES)
     with torch.no_grad():
         return float(_STFT_METRIC(_tensor(estimate), _tensor(reference)))
 
@@ -72,10 +85,16 @@ def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
 def stoi_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
     from pystoi import stoi
 
-    with np.errstate(all="ignore"):
-        value = stoi(np.asarray(reference, dtype=np.float64), np.asarray(estimate, dtype=np.float64), sample_rate,
-                     extended=False)
-    return float(value) if np.isfinite(value) and value > -1e3 else math.nan
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = stoi(np.asarray(reference, dtype=np.float64), np.asarray(estimate, dtype=np.float64), sample_rate,
+                         extended=False)
+    except Exception as error:  # pystoi fails on clips shorter than its analysis frames
+        log.debug("STOI undefined for this clip: %s", error)
+        return math.nan
+    # pystoi returns exactly 1e-5 when a clip has too few frames to score
+    return float(value) if np.isfinite(value) and value > -1e3 and value != 1e-5 else math.nan
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
+from targetkl.fileio import write_bytes_atomic, write_text_atomic
 
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}

@@ -26,11 +26,13 @@ from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
-from targetkl.eval.measure import measure_rate_and_distortion, reconstruct
+from targetkl.eval.measure import measure_rate_and_distortion
 from targetkl.eval.metrics import clip_metrics, mean_metrics
 from targetkl.eval.report import METRICS, write_report
+from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint, write_text_atomic
+from targetkl.fileio import write_text_atomic
+from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
 
 TRAINED_SYSTEMS = ("vae", "rvq", "beta", "ae")
@@ -136,10 +138,11 @@ class Sweep:
 
     def __init__(self, data: str | Path, out: str | Path, preset: str = "tiny", config_files: list[str] | None = None,
                  assignments: list[str] | None = None, perceptual: bool = True, example_clips: int = 3,
-                 progress: bool = True):
+                 progress: bool = True, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
         self.data, self.out = Path(data), Path(out)
         self.preset, self.files, self.assignments = preset, list(config_files or []), list(assignments or [])
         self.perceptual, self.progress = perceptual, progress
+        self.device_name, self.device, self.batch_size = device, choose_device(device), batch_size
         self.base = resolve(preset, self.files, self.assignments)
         self.held_out: list[AudioClip] = load_folder(
             self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
@@ -148,7 +151,8 @@ class Sweep:
         self.trained: list[str] = []
 
     def config_for(self, point: SweepPoint) -> Config:
-        return resolve(self.preset, self.files, self.assignments, flags=point.flags)
+        flags = {**point.flags, "train.device": self.device_name}
+        return resolve(self.preset, self.files, self.assignments, flags=flags)
 
     def originals(self) -> list[str]:
         return _write_examples(self.out / "audio" / "original", [c.audio for c in self.example_clips],
@@ -170,16 +174,17 @@ class Sweep:
         cached = _read_json(cache)
         if cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual:
             return cached
-        loaded = load_run(run)
+        loaded = load_run(run, self.device)
         sample_rate = loaded.config.model.sample_rate
+        runner = CodecRunner(loaded.model, batch_size=self.batch_size)
         payload_bits, file_bytes, decoded = 0, 0, []
         for clip in self.held_out:
-            data, _ = compress(loaded.model, clip.audio, loaded.config.data.loudness_dbfs)
-            audio, header = decompress(loaded.model, data)
+            data, _ = compress(loaded.model, clip.audio, loaded.config.data.loudness_dbfs, runner)
+            audio, header = decompress(loaded.model, data, runner=runner)
             payload_bits += 32 * header.payload_words
             file_bytes += len(data)
             decoded.append(audio)
-        seconds = sum(len(clip.audio) for clip in self.held_out) / sample_rate
+        seconds = sum(len(audio) for audio in decoded) / sample_rate
         rate_kbps = payload_bits / seconds / 1000
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
                "rate_error_percent": _rate_error_percent(rate_kbps, point.target_kbps),
@@ -210,9 +215,11 @@ class Sweep:
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run().finished()
             self.trained.append(point.name)
-        loaded = load_run(run)
-        result = measure_rate_and_distortion(loaded.model, self.held_out, perceptual=self.perceptual)
-        decoded = [reconstruct(loaded.model, clip.audio)[0] for clip in self.example_clips]
+        loaded = load_run(run, self.device)
+        result = measure_rate_and_distortion(loaded.model, self.held_out, perceptual=self.perceptual,
+                                             batch_size=self.batch_size)
+        decoded = CodecRunner(loaded.model, batch_size=self.batch_size).reconstruct(
+            [clip.audio for clip in self.example_clips])[0]
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
                "rate_kbps": result["rate_kbps"], "run": str(run), "step": loaded.step,
                "perceptual": self.perceptual,
@@ -276,11 +283,13 @@ def _clean(row: dict) -> dict:
 def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: list[str], preset: str = "tiny",
               config_files: list[str] | None = None, assignments: list[str] | None = None, betas: tuple[float, ...] = DEFAULT_BETAS,
               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS, perceptual: bool = True,
-              progress: bool = True) -> tuple[list[dict], Sweep]:
+              progress: bool = True, device: str | None = None,
+              batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], Sweep]:
     """Plan, run (or continue) and report a sweep; returns the rows and the sweep (``sweep.trained`` names
     the points trained by this call)."""
     check_tools(baselines)
-    sweep = Sweep(data, out, preset, config_files, assignments, perceptual, progress=progress)
+    sweep = Sweep(data, out, preset, config_files, assignments, perceptual, progress=progress, device=device,
+                  batch_size=batch_size)
     points = plan_sweep(kbps, baselines, sweep.base.model.frame_rate, betas, ae_widths)
     rows = sweep.run(points)
     write_report(Path(out), [_clean(r) for r in rows], sweep.originals(), preset=preset, data=str(data))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import normalize_loudness
 from targetkl.losses import magnitude, mel_filterbank
-from targetkl.train.checkpoint import write_text_atomic
+from targetkl.fileio import write_text_atomic
 
 EMBEDDING_DIM = 32
 N_FFT, N_MELS = 512, 64

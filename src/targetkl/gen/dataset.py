@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from targetkl import rate
 from targetkl.data import load_folder
+from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.models.codec import model_fingerprint
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import write_text_atomic
+from targetkl.fileio import write_text_atomic
 
 LATENTS_FILE, MANIFEST_FILE, INFO_FILE = "latents.safetensors", "manifest.jsonl", "info.json"
 
@@ -54,33 +55,39 @@ class LatentSet:
 
 
 @torch.no_grad()
-def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress: bool = True) -> dict:
+def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress: bool = True,
+               device: str | torch.device | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Encode every clip of ``data`` (both splits) with the run's encoder in eval mode; returns ``info``.
 
-    Audio is loaded exactly as the run trained on it (sample rate, loudness). The held-out rate of the
-    stored latents is measured from their KL, ``frame_rate * mean_t(KL_t) / ln 2``.
+    Audio is read from disk as the run trained on it (sample rate, loudness), ``batch_size`` clips at a
+    time, long clips in chunks, on ``device`` (auto: CUDA when present). The held-out rate of the stored
+    latents is measured from their KL, ``frame_rate * mean_t(KL_t) / ln 2``.
     """
-    loaded = load_run(run_dir)
+    loaded = load_run(run_dir, choose_device(str(device) if device is not None else None))
     model, config = loaded.model, loaded.config
+    runner = CodecRunner(model, batch_size=batch_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors, lines = {}, []
     held_out_bits, held_out_frames = 0.0, 0
     for split in ("train", "held_out"):
-        clips = load_folder(data, config.model.sample_rate, split, config.data.valid_percent,
-                            config.data.loudness_dbfs, progress=False).clips
-        for clip in tqdm(clips, desc=f"pre-encoding {split}", disable=not progress, leave=False):
-            audio = model.pad(torch.from_numpy(clip.audio)[None, None])
-            encoded = model.encode(audio)
-            index = len(lines)
-            tensors[f"mean/{index}"] = encoded.z[0].float().contiguous() if encoded.mean is None else encoded.mean[0].float().contiguous()
-            std = encoded.std[0] if encoded.std is not None else torch.zeros_like(encoded.z[0])
-            tensors[f"std/{index}"] = std.float().contiguous()
-            if split == "held_out":
-                held_out_bits += float(encoded.bits_per_frame.double().sum())
-                held_out_frames += int(encoded.bits_per_frame.shape[-1])
-            lines.append(json.dumps({"index": index, "path": clip.path, "caption": clip.caption, "label": clip.label,
-                                     "split": split, "frames": int(encoded.z.shape[-1])}))
+        audio_set = load_folder(data, config.model.sample_rate, split, config.data.valid_percent,
+                                config.data.loudness_dbfs, progress=False)
+        bar = tqdm(total=len(audio_set), desc=f"pre-encoding {split}", disable=not progress, leave=False)
+        for first in range(0, len(audio_set), batch_size):
+            clips = audio_set.clips[first:first + batch_size]
+            for clip, encoded in zip(clips, runner.encode([clip.audio for clip in clips])):
+                index = len(lines)
+                tensors[f"mean/{index}"] = encoded.z.contiguous()
+                std = encoded.std if encoded.std is not None else torch.zeros_like(encoded.z)
+                tensors[f"std/{index}"] = std.contiguous()
+                if split == "held_out":
+                    held_out_bits += float(encoded.bits_per_frame.sum())
+                    held_out_frames += encoded.frames
+                lines.append(json.dumps({"index": index, "path": clip.path, "caption": clip.caption,
+                                         "label": clip.label, "split": split, "frames": encoded.frames}))
+            bar.update(len(clips))
+        bar.close()
     bits_per_frame = held_out_bits / max(held_out_frames, 1)
     info = {"run": str(Path(run_dir).resolve()), "fingerprint": model_fingerprint(model), "data": str(Path(data).resolve()),
             "bottleneck": config.model.bottleneck, "sample_rate": model.sample_rate, "hop": model.hop,

@@ -89,7 +89,7 @@ def decoder_sensitivity(decoder: Codec, latents: LatentSet, indices: list[int], 
 def random_latents(generator: LoadedGenerator, count: int, frames: int, seed: int) -> torch.Tensor:
     """Gaussian latents with the per-channel mean and std the generator was trained with."""
     noise = torch.randn((count, generator.model.latent_dim, frames), generator=torch.Generator().manual_seed(seed))
-    return generator.model.unstandardize(noise)
+    return generator.model.unstandardize(noise.to(next(generator.model.parameters()).device))
 
 
 def evaluate_generator(generator: LoadedGenerator, decoder: Codec, judge: Judge, prompts: list[str],

@@ -12,18 +12,19 @@ from targetkl.gen.flow import sample
 from targetkl.gen.text import load_text_encoder
 from targetkl.gen.train import LoadedGenerator, load_generator
 from targetkl.models.codec import Codec, model_fingerprint
+from targetkl.inference import CodecRunner, choose_device
 from targetkl.runs import load_run
 from targetkl.train.checkpoint import CheckpointError
 
 
-def decoder_for(generator: LoadedGenerator) -> Codec:
+def decoder_for(generator: LoadedGenerator, device: torch.device | str = "cpu") -> Codec:
     """The VAE whose latents the generator learned, checked by fingerprint."""
     info = generator.description["latents_info"]
     run = Path(info["run"])
     if not run.is_dir():
         raise CheckpointError(f"{generator.folder}: its VAE run {run} is gone; restore it there (the latents "
                               "were made by it and only it can decode them)")
-    model = load_run(run).model
+    model = load_run(run, device).model
     if model_fingerprint(model) != info["fingerprint"]:
         raise CheckpointError(f"{run}: has changed since {generator.description['latents']} was pre-encoded; "
                               "pre-encode again and retrain the generator")
@@ -50,16 +51,17 @@ def generate_latents(generator: LoadedGenerator, prompts: list[str], frames: int
 
 @torch.no_grad()
 def decode_latents(decoder: Codec, latents: torch.Tensor) -> list[np.ndarray]:
-    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` float32 audio clipped to [-1, 1]."""
-    decoder.eval()
-    audio = decoder.decode(latents.float()).clamp(-1, 1)
-    return [a[0].numpy().astype(np.float32) for a in audio]
+    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` float32 audio clipped to [-1, 1], batched
+    and in chunks on the decoder's device."""
+    decoded = CodecRunner(decoder).decode([latent for latent in latents.float().cpu()])
+    return [np.clip(audio, -1.0, 1.0).astype(np.float32) for audio in decoded]
 
 
 def generate_file(generator_dir: str | Path, prompt: str, out: str | Path, steps: int = 32, cfg: float = 3.0,
-                  seed: int = 0, seconds: float | None = None) -> dict:
-    generator = load_generator(generator_dir)
-    decoder = decoder_for(generator)
+                  seed: int = 0, seconds: float | None = None, device: str | None = None) -> dict:
+    device = choose_device(device)
+    generator = load_generator(generator_dir, device)
+    decoder = decoder_for(generator, device)
     frames = frames_for(generator, seconds)
     audio = decode_latents(decoder, generate_latents(generator, [prompt], frames, steps, cfg, seed))[0]
     sf.write(str(out), audio, decoder.sample_rate, subtype="PCM_16")

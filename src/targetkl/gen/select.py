@@ -35,8 +35,9 @@ from targetkl.gen.sample import decode_latents
 from targetkl.gen.text import load_text_encoder
 from targetkl.gen.train import GenConfig, GenTrainer, load_generator
 from targetkl.models.codec import model_fingerprint
+from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import write_bytes_atomic, write_text_atomic
+from targetkl.fileio import write_bytes_atomic, write_text_atomic
 
 SELECTION_RULE = "highest text_match; ties broken by the lower frechet_distance"
 EXAMPLES = 3
@@ -61,12 +62,13 @@ def vae_rows(sweep: Path) -> list[dict]:
     return vaes
 
 
-def _latents_for(run: Path, data: Path, folder: Path, progress: bool) -> None:
+def _latents_for(run: Path, data: Path, folder: Path, progress: bool, device: torch.device,
+                 batch_size: int) -> None:
     """Pre-encode unless the stored latents were made by the run's current weights from ``data``."""
     info = _read_json(folder / "info.json")
     current = model_fingerprint(load_run(run).model)
     if info is None or info.get("fingerprint") != current or info.get("data") != str(data.resolve()):
-        pre_encode(run, data, folder, progress=progress)
+        pre_encode(run, data, folder, progress=progress, device=device, batch_size=batch_size)
 
 
 RESUMABLE = ("steps", "log_every", "validate_every", "checkpoint_every", "device")
@@ -85,7 +87,7 @@ def _forget_stale_generator(folder: Path, config: GenConfig) -> None:
         shutil.rmtree(folder / "gen")
 
 
-def _judge(sweep: Path, vaes: list[dict], data: Path, steps: int, progress: bool) -> Judge:
+def _judge(sweep: Path, vaes: list[dict], data: Path, steps: int, progress: bool, device: torch.device) -> Judge:
     """The sweep's judge: reused while the VAEs are the same, else trained on the real training clips and
     every VAE's reconstructions of them."""
     folder = sweep / "generation" / "judge"
@@ -96,7 +98,7 @@ def _judge(sweep: Path, vaes: list[dict], data: Path, steps: int, progress: bool
         return judge
     decoded = []
     for row, latents in zip(vaes, latent_sets):
-        model = load_run(row["run"]).model
+        model = load_run(row["run"], device).model
         for index in tqdm(latents.indices("train"), desc=f"decoding {row['label']} for the judge",
                           disable=not progress, leave=False):
             name = latents.labels[index] or latents.captions[index]
@@ -119,17 +121,17 @@ def _example_prompts(prompts: list[str], classes: list[str]) -> list[int]:
 
 def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, embedding: str,
                    real_embeddings: np.ndarray, config: GenConfig, repeats: int, sample_steps: int, cfg: float,
-                   seed: int) -> dict:
+                   seed: int, device: torch.device) -> dict:
     """Score one VAE's generator; ``embed`` is the Frechet distance's embedder, registered as ``embedding``."""
     folder = sweep / "generation" / row["label"]
-    generator = load_generator(folder / "gen")
+    generator = load_generator(folder / "gen", device)
     settings = {"gen_step": generator.step, "fingerprint": generator.description["latents_info"]["fingerprint"],
                 "repeats": repeats, "sample_steps": sample_steps, "cfg": cfg, "seed": seed, "embedding": embedding,
                 "judge_trained_on": judge.trained_on, "judge_accuracy": judge.accuracy}
     cached = _read_json(folder / "eval.json")
     if cached is not None and all(cached.get(k) == v for k, v in settings.items()):
         return cached
-    loaded = load_run(row["run"])
+    loaded = load_run(row["run"], device)
     latents = load_latent_set(folder / "latents")
     held_out = latents.indices("held_out") or latents.indices("train")
     prompts, classes, indices = prompt_rows(latents, held_out)
@@ -200,17 +202,20 @@ def plot_generation(rows: list[dict]) -> bytes:
 
 def run_select(sweep: str | Path, data: str | Path | None = None, config: GenConfig | None = None,
                repeats: int = 3, sample_steps: int = 32, cfg: float = 3.0, seed: int = 0, judge_steps: int = 400,
-               embedding: str = "judge", progress: bool = True) -> dict:
+               embedding: str = "judge", progress: bool = True, device: str | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Train (or reuse) a generator per VAE of the sweep, score them, write the outputs; returns
     ``generation.json``'s content."""
     sweep = Path(sweep)
     config = config or GenConfig()
+    device = choose_device(device)
     make_embedder = audio_embedder_factory(embedding)
     vaes = vae_rows(sweep)
     data = sweep_data(sweep, data)
     for row in vaes:
-        _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress)
-    judge = _judge(sweep, vaes, data, judge_steps, progress)
+        _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress, device,
+                     batch_size)
+    judge = _judge(sweep, vaes, data, judge_steps, progress, device)
     real_audio = [c.audio for c in load_folder(data, judge.sample_rate, "all", progress=False).clips]
     embed = make_embedder(judge)
     real_embeddings = embed(real_audio)
@@ -220,7 +225,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
         _forget_stale_generator(folder, config)
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
         rows.append(evaluate_point(sweep, row, judge, embed, embedding, real_embeddings, config, repeats,
-                                   sample_steps, cfg, seed))
+                                   sample_steps, cfg, seed, device))
     best = best_row(rows)
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,

@@ -30,7 +30,8 @@ from targetkl.gen.text import load_text_encoder
 from targetkl.train.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, load_module, load_state,
                                        save_checkpoint, state_dict_for_file, write_text_atomic)
 from targetkl.train.logger import MetricLogger
-from targetkl.train.trainer import choose_device, step_seed
+from targetkl.inference import choose_device
+from targetkl.train.trainer import step_seed
 
 CONFIG_FILE = "gen_config.json"
 

@@ -21,6 +21,7 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -41,14 +42,16 @@ def init_from_environment() -> DistributedContext:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                              int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def current() -> DistributedContext:
     """The context of an already initialized process group (single when there is none)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return SINGLE
-    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                              int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def mean_over_ranks(values: list[float]) -> list[float]:

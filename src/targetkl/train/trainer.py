@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from targetkl import rate
 from targetkl.config import Config, validate
-from targetkl.data import AudioSet, load_folder, random_crops
+from targetkl.data import AudioSet, load_folder
+from targetkl.data.stream import CropBatches, auto_workers, crop_loader
+from targetkl.inference import CodecRunner, choose_device
 from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
                              lsgan_generator_loss)
 from targetkl.models.codec import Codec
@@ -58,20 +60,6 @@ class TrainResult:
             raise TrainingInterrupted(f"interrupted at step {self.step}; checkpoint saved in {self.run_dir}. "
                                       "Run the same command to continue.")
         return self
-
-
-def choose_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one. On CUDA, TF32 is allowed for matmuls and convolutions: the
-    losses are spectral L1 distances far above TF32's 1e-3 relative error, and the KL is computed in
-    float32 from the bottleneck's output (``GaussianBottleneck.posterior`` casts to float32)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={name!r} but no CUDA device is available; use auto or cpu")
-    if name.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return torch.device(name)
 
 
 def learning_rate(config: Config, step: int) -> float:
@@ -110,7 +98,15 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.train_set = train_set or load_folder(data_dir, config.model.sample_rate, "train",
                                                   config.data.valid_percent, config.data.loudness_dbfs, progress)
+        if held_out_set is None and config.data.valid_percent > 0:
+            held_out_set = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
+                                       config.data.loudness_dbfs, progress=False)
         self.held_out_set = held_out_set
+        self.crop_batches = CropBatches(self.train_set, config.train.batch_size, config.segment_samples,
+                                        config.train.seed, self.dist.rank, self.dist.world_size)
+        self.workers = config.data.workers if config.data.workers >= 0 else auto_workers(self.dist.local_world_size)
+        self._batches = None
+        self.calibration_seconds = 0.0
         torch.manual_seed(config.train.seed)
         self.model = Codec(config).to(self.device)
         self.reconstruction = ReconstructionLoss(
@@ -214,7 +210,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(train.grad_accum):
-            audio = self.local_crops(self.step * train.grad_accum + micro)
+            micro_step = self.step * train.grad_accum + micro
+            audio = next(self._batches).to(self.device) if self._batches is not None else self.local_crops(micro_step)
             with self._autocast():
                 self._skip_noise(self.dist.rank)
                 decoded, encoded = self.training_model(audio)
@@ -254,10 +251,7 @@ class Trainer:
 
     def local_crops(self, micro_step: int) -> torch.Tensor:
         """This process's slice of the global batch of crops for ``micro_step``."""
-        batch = self.config.train.batch_size
-        crops = random_crops(self.train_set, batch * self.dist.world_size, self.config.segment_samples,
-                             self.config.train.seed, micro_step)
-        return crops[self.dist.rank * batch:(self.dist.rank + 1) * batch].to(self.device)
+        return self.crop_batches[micro_step].to(self.device)
 
     def _skip_noise(self, ranks: int) -> None:
         """Draw and drop ``ranks`` processes' worth of posterior noise, so that each rank samples its own
@@ -271,30 +265,31 @@ class Trainer:
     def calibrate_rate(self) -> dict[str, float]:
         """Measure whole training clips in eval mode and hand the rate to the KL controller.
 
-        ``rate.calibrate_clips`` clips, drawn as a pure function of ``(seed, step)``, each at most 10 s (a
-        random window of longer files); returns the logged scalars, or nothing for bottlenecks without a
-        KL controller.
+        ``rate.calibrate_clips`` clips, drawn as a pure function of ``(seed, step)``, each at most
+        ``rate.calibrate_seconds`` (a random window of longer files), read from disk and encoded
+        ``rate.calibrate_batch`` at a time; returns the logged scalars, or nothing for bottlenecks without a
+        KL controller. The time it takes is logged as a share of the run (``time/calibration_share``).
         """
         controller = getattr(self.model.bottleneck, "controller", None)
         rate_config = self.config.rate
         if controller is None or rate_config.calibrate_every <= 0 or self.step % rate_config.calibrate_every:
             return {}
+        started = time.perf_counter()
         rng = np.random.default_rng([self.config.train.seed, self.step, 0xCA1])
-        longest = 10 * self.config.model.sample_rate
-        total_nats, total_frames = 0.0, 0
-        self.model.eval()
-        for index in rng.integers(0, len(self.train_set.clips), rate_config.calibrate_clips):
-            audio = self.train_set.clips[index].audio
-            if len(audio) > longest:
-                start = int(rng.integers(0, len(audio) - longest + 1))
-                audio = audio[start:start + longest]
-            tensor = torch.as_tensor(audio, dtype=torch.float32, device=self.device)[None, None]
-            kl = self.model.encode(self.model.pad(tensor)).kl_nats_per_frame
-            total_nats += float(kl.double().sum())
-            total_frames += kl.numel()
+        longest = int(rate_config.calibrate_seconds * self.config.model.sample_rate)
+        windows = []
+        for index in rng.integers(0, len(self.train_set), rate_config.calibrate_clips):
+            length, start = self.train_set.length(int(index)), 0
+            if length > longest:
+                start = int(rng.integers(0, length - longest + 1))
+                length = longest
+            windows.append(self.train_set.read(int(index), start, length))
+        encoded = CodecRunner(self.model, self.device, rate_config.calibrate_batch).encode(windows)
         self.model.train()
-        whole_clip_kl = total_nats / max(total_frames, 1)
+        total_nats = sum(float(e.kl_nats.sum()) for e in encoded)
+        whole_clip_kl = total_nats / max(sum(e.frames for e in encoded), 1)
         controller.calibrate(whole_clip_kl, rate_config.calibrate_gain)
+        self.calibration_seconds += time.perf_counter() - started
         return {"rate/calibration_kbps": rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate),
                 "control/offset_nats": float(controller.offset)}
 
@@ -331,11 +326,10 @@ class Trainer:
         from targetkl.eval.measure import measure_rate_and_distortion
 
         if self.held_out_set is None:
-            self.held_out_set = load_folder(self.data_dir, self.config.model.sample_rate, "held_out",
-                                            self.config.data.valid_percent, self.config.data.loudness_dbfs,
-                                            progress=False)
+            return {}
         model = self.ema if self.ema is not None else self.model
-        return measure_rate_and_distortion(model, self.held_out_set.clips, self.device)
+        return measure_rate_and_distortion(model, self.held_out_set.clips, self.device,
+                                           batch_size=self.config.train.batch_size)
 
     def run(self) -> TrainResult:
         if self.dist.is_main:
@@ -355,6 +349,8 @@ class Trainer:
         bar = tqdm(total=train.steps, initial=self.step, desc=f"training {self.run_dir.name}",
                    disable=not self.progress, dynamic_ncols=True)
         started = time.time()
+        self._batches = crop_loader(self.crop_batches, self.step * train.grad_accum, train.steps * train.grad_accum,
+                                    self.workers, pin_memory=self.device.type == "cuda")
         try:
             while self.step < train.steps:
                 scalars = self.train_step()
@@ -378,6 +374,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
                     scalars["seconds"] = time.time() - started
+                    scalars["time/calibration_share"] = self.calibration_seconds / max(scalars["seconds"], 1e-9)
                     logger.log(self.step, scalars)
                     bar.set_postfix(kbps=f"{scalars['rate/kbps']:.3f}", mel=f"{scalars['loss/mel']:.3f}")
                 if (self.step % train.checkpoint_every == 0 or self.step == train.steps) and self.dist.is_main:
@@ -394,6 +391,7 @@ class Trainer:
                 self.save()
             barrier()
         finally:
+            self._batches = None
             bar.close()
             logger.close()
             for signum, handler in previous.items():
