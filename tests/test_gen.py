@@ -13,7 +13,7 @@ from conftest import chromium_dom
 from targetkl.cli import main
 from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
 from targetkl.gen.evaluate import frechet_distance
-from targetkl.gen.flow import guided_velocity, sample, validation_loss
+from targetkl.gen.flow import guided_velocity, sample
 from targetkl.gen.model import LatentDiT
 from targetkl.gen.train import GenTrainer, gen_config, latent_statistics, load_generator
 

@@ -116,7 +116,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from targetkl.latents import encode_file
-    from targetkl.runs import load_run
 
     info = encode_file(_load_for(args).model, args.input, args.output, batch_size=args.batch_size)
     print(f"wrote {args.output}: {info['frames']} frames at {float(info['frame_rate']):g} Hz")
@@ -125,7 +124,6 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from targetkl.latents import decode_file
-    from targetkl.runs import load_run
 
     info = decode_file(_load_for(args).model, args.input, args.output, batch_size=args.batch_size)
     print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")
@@ -134,7 +132,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from targetkl.bitstream import compress_file
-    from targetkl.runs import load_run
 
     run = _load_for(args)
     report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs, args.batch_size)
@@ -150,7 +147,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_decompress(args: argparse.Namespace) -> int:
     from targetkl.bitstream import decompress_file
-    from targetkl.runs import load_run
 
     info = decompress_file(_load_for(args).model, args.input, args.output, args.batch_size)
     print(f"wrote {args.output}: {info['samples']} samples at {info['sample_rate']} Hz")

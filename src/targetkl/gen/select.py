@@ -71,6 +71,7 @@ def _latents_for(run: Path, data: Path, folder: Path, progress: bool, device: to
         pre_encode(run, data, folder, progress=progress, device=device, batch_size=batch_size)
 
 
+EMBED_BATCH = 256  # real clips read from disk and embedded at a time
 RESUMABLE = ("steps", "log_every", "validate_every", "checkpoint_every", "device")
 
 
@@ -216,9 +217,10 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
         _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress, device,
                      batch_size)
     judge = _judge(sweep, vaes, data, judge_steps, progress, device)
-    real_audio = [c.audio for c in load_folder(data, judge.sample_rate, "all", progress=False).clips]
+    real_clips = load_folder(data, judge.sample_rate, "all", progress=False).clips
     embed = make_embedder(judge)
-    real_embeddings = embed(real_audio)
+    real_embeddings = np.concatenate([embed([clip.audio for clip in real_clips[first:first + EMBED_BATCH]])
+                                      for first in range(0, len(real_clips), EMBED_BATCH)])
     rows = []
     for row in tqdm(vaes, desc="select", disable=not progress, dynamic_ncols=True):
         folder = sweep / "generation" / row["label"]
@@ -230,7 +232,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
                         "kind": "log-mel CNN trained on the corpus labels (see targetkl.gen.classifier)"},
-              "frechet_reference": f"{embedding} embeddings of all {len(real_audio)} real clips of {data}",
+              "frechet_reference": f"{embedding} embeddings of all {len(real_clips)} real clips of {data}",
               "generator": {"preset": config.preset, "steps": config.steps, "sample_steps": sample_steps, "cfg": cfg},
               "rows": rows}
     write_text_atomic(sweep / "generation.json", json.dumps(result, indent=2) + "\n")

@@ -107,6 +107,7 @@ class Trainer:
         self.workers = config.data.workers if config.data.workers >= 0 else auto_workers(self.dist.local_world_size)
         self._batches = None
         self.calibration_seconds = 0.0
+        self.data_wait_seconds = 0.0
         torch.manual_seed(config.train.seed)
         self.model = Codec(config).to(self.device)
         self.reconstruction = ReconstructionLoss(
@@ -211,7 +212,9 @@ class Trainer:
         totals: dict[str, float] = {}
         for micro in range(train.grad_accum):
             micro_step = self.step * train.grad_accum + micro
+            waited = time.perf_counter()
             audio = next(self._batches).to(self.device) if self._batches is not None else self.local_crops(micro_step)
+            self.data_wait_seconds += time.perf_counter() - waited
             with self._autocast():
                 self._skip_noise(self.dist.rank)
                 decoded, encoded = self.training_model(audio)
@@ -375,6 +378,7 @@ class Trainer:
                 if self.step % train.log_every == 0 or self.step == train.steps:
                     scalars["seconds"] = time.time() - started
                     scalars["time/calibration_share"] = self.calibration_seconds / max(scalars["seconds"], 1e-9)
+                    scalars["time/data_wait_share"] = self.data_wait_seconds / max(scalars["seconds"], 1e-9)
                     logger.log(self.step, scalars)
                     bar.set_postfix(kbps=f"{scalars['rate/kbps']:.3f}", mel=f"{scalars['loss/mel']:.3f}")
                 if (self.step % train.checkpoint_every == 0 or self.step == train.steps) and self.dist.is_main:
