@@ -386,8 +386,9 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
             log.warning("could not cache the index in %s (%s); it will be rebuilt next time", cache, error.strerror)
     for path, reason in skipped.items():
         log.warning("skipping %s: %s", path, reason)
+    probed = {candidate["path"] for candidate, _ in to_probe}
     for entry in entries:
-        if entry.warning and (entry.path in {c["path"] for c, _ in to_probe}):
+        if entry.warning and entry.path in probed:
             log.warning("%s: %s; using what it holds", entry.path, entry.warning)
     return CorpusIndex(source, kind, entries, skipped, cache)
 
