@@ -24,6 +24,7 @@ from targetkl.nn.layers import WeightNormConv1d, WeightNormConvTranspose1d
 
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_BATCH_SIZE = 16
+MAX_BATCH_SECONDS = 60.0  # audio in one batch, at most: long pieces batch fewer at a time
 
 
 def choose_device(name: str | None = "auto") -> torch.device:
@@ -113,14 +114,16 @@ def plan_pieces(item: int, units: int, chunk: int, context: int) -> list[Piece]:
     return pieces
 
 
-def batches_of_pieces(pieces: list[Piece], batch_size: int) -> Iterator[list[Piece]]:
-    """Pieces of equal input length grouped into batches of at most ``batch_size``, in order of first use."""
+def batches_of_pieces(pieces: list[Piece], batch_size: int, max_units: int | None = None) -> Iterator[list[Piece]]:
+    """Pieces of equal input length grouped into batches of at most ``batch_size`` pieces and ``max_units``
+    input units (at least one piece), in order of first use."""
     groups: dict[int, list[Piece]] = {}
     for piece in pieces:
         groups.setdefault(piece.stop - piece.start, []).append(piece)
-    for group in groups.values():
-        for first in range(0, len(group), batch_size):
-            yield group[first:first + batch_size]
+    for length, group in groups.items():
+        size = batch_size if max_units is None else max(1, min(batch_size, max_units // max(length, 1)))
+        for first in range(0, len(group), size):
+            yield group[first:first + size]
 
 
 class CodecRunner:
@@ -134,6 +137,7 @@ class CodecRunner:
         self.hop = model.hop
         self.chunk_frames = max(1, int(round(chunk_seconds * model.frame_rate)))
         self.encoder_context, self.decoder_context = receptive_field_frames(model)
+        self.max_batch_frames = max(1, int(MAX_BATCH_SECONDS * model.frame_rate))
 
     # ------------------------------------------------------------------ encode
     def frames_of(self, samples: int) -> int:
@@ -153,7 +157,7 @@ class CodecRunner:
         parts: dict[int, list[tuple[int, dict]]] = {i: [] for i in range(len(lengths))}
         was_training = self.model.training
         self.model.eval()
-        for batch in batches_of_pieces(pieces, self.batch_size):
+        for batch in batches_of_pieces(pieces, self.batch_size, self.max_batch_frames):
             audio = np.stack([read(p.item, p.start * self.hop, p.stop * self.hop) for p in batch])
             out = self.model.encode(torch.from_numpy(audio).to(self.device)[:, None])
             for row, piece in enumerate(batch):
@@ -189,7 +193,7 @@ class CodecRunner:
         pending: dict[tuple[int, int], np.ndarray] = {}
         order = [(p.item, p.start + p.keep_start) for p in pieces]
         next_index = 0
-        for batch in batches_of_pieces(pieces, self.batch_size):
+        for batch in batches_of_pieces(pieces, self.batch_size, self.max_batch_frames):
             z = torch.stack([latents[p.item][:, p.start:p.stop] for p in batch]).float().to(self.device)
             audio = self.model.decode(z)[:, 0].float().cpu().numpy()
             for row, piece in enumerate(batch):

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from targetkl import rate
 from targetkl.data import AudioClip
 from targetkl.eval.metrics import clip_metrics, mean_metrics, mel_distance
-from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner
+from targetkl.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SECONDS, CodecRunner
 from targetkl.models.codec import Codec
 
 
@@ -58,8 +58,7 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
     between_decodes, between_inputs = 0.0, 0.0
     first = previous = None
     bar = tqdm(total=len(clips), desc="evaluating", disable=not progress, leave=False)
-    for start in range(0, len(clips), batch_size):
-        batch = [clip.audio for clip in clips[start:start + batch_size]]
+    for batch in _clip_batches(clips, batch_size, int(MAX_BATCH_SECONDS * model.sample_rate)):
         decoded, encoded = runner.reconstruct(batch)
         for audio, decode, code in zip(batch, decoded, encoded):
             total_bits += float(code.bits_per_frame.sum())
@@ -82,6 +81,21 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
               "latent_use": use}
     result.update(mean_metrics(rows))
     return {k: (v if not (isinstance(v, float) and math.isnan(v)) else math.nan) for k, v in result.items()}
+
+
+def _clip_batches(clips: Sequence[AudioClip], batch_size: int, max_samples: int):
+    """Lists of at most ``batch_size`` clips' audio and at most ``max_samples`` samples (at least one clip),
+    read in order."""
+    batch, samples = [], 0
+    for index in range(len(clips)):
+        audio = clips[index].audio
+        if batch and (len(batch) >= batch_size or samples + len(audio) > max_samples):
+            yield batch
+            batch, samples = [], 0
+        batch.append(audio)
+        samples += len(audio)
+    if batch:
+        yield batch
 
 
 def _pair_distances(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray],
