@@ -46,7 +46,7 @@ from targetkl.eval.metrics import clip_metrics
 from targetkl.bottlenecks.gaussian import gaussian_kl_per_value
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, Encoded
 from targetkl.models.codec import Codec, model_fingerprint
-from targetkl.fileio import write_bytes_atomic
+from targetkl.fileio import output_path, write_bytes_atomic
 
 MAGIC = b"TKL1"
 VERSION = 1
@@ -268,9 +268,7 @@ def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, lo
     and with the plain decode of the posterior mean over the first ``distortion_seconds`` (at most
     ``REPORT_SECONDS``, so a long file's report stays in bounded memory).
     """
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise FileNotFoundError(f"{out_path.parent}: no such folder for {out_path.name}; create it first")
+    out_path = output_path(out_path)
     entry = file_entry(audio_path)
     sample_rate = model.sample_rate
     length = entry.length_at(sample_rate)

@@ -40,3 +40,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
+
+
+def output_path(path: str | Path) -> Path:
+    """``path`` as a ``Path`` whose folder exists; ``FileNotFoundError`` with a one-line fix otherwise."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}; create it first")
+    return path

@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from targetkl.data.audio import file_entry, read_window, write_audio_stream
+from targetkl.fileio import output_path
 from targetkl.inference import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, CodecRunner
 from targetkl.models.codec import Codec, model_fingerprint
 
@@ -25,17 +26,10 @@ class LatentFileError(ValueError):
     """A latent file that is damaged or belongs to another model."""
 
 
-def _check_output(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}; create it first")
-    return path
-
-
 @torch.no_grad()
 def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> dict:
-    out_path = _check_output(out_path)
+    out_path = output_path(out_path)
     entry = file_entry(audio_path)
     length = entry.length_at(model.sample_rate)
     runner = CodecRunner(model, batch_size=batch_size, chunk_seconds=chunk_seconds)
@@ -72,7 +66,7 @@ def read_latent_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 @torch.no_grad()
 def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE,
                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> dict:
-    out_path = _check_output(out_path)
+    out_path = output_path(out_path)
     tensors, metadata = read_latent_file(latent_path)
     fingerprint = model_fingerprint(model)
     if metadata.get("fingerprint") != fingerprint:

@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from targetkl.fileio import output_path
 from targetkl.data.index import (AUDIO_EXTENSIONS, DataError, IndexEntry, ensure_index, find_audio_files, open_sound,
                                  read_captions)
 
@@ -309,9 +310,7 @@ def file_entry(path: str | Path) -> IndexEntry:
 def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: int) -> int:
     """Write ``(first sample, audio)`` pieces in order into a 16-bit wav of ``num_samples`` samples, as they
     come (the file is never in memory whole); returns the samples written."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: no such folder for {path.name}; create it first")
+    path = output_path(path)
     written = 0
     with sf.SoundFile(str(path), "w", sample_rate, 1, "PCM_16") as out:
         for first, audio in pieces:
