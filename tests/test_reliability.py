@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ from targetkl.data import DataError, load_folder
 from targetkl.data.corpus import write_corpus
 from targetkl.latents import LatentFileError, read_latent_file
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import CheckpointError, latest_checkpoint, load_tensors
+from targetkl.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_tensors
 from targetkl.train.trainer import Trainer, TrainingError
 
 from conftest import quick_config
@@ -154,6 +155,58 @@ def test_sigkill_at_random_moments_never_corrupts_and_resume_matches(small_corpu
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["split"] == "train"]
     assert logged == list(range(1, steps + 1))
+
+
+def test_a_crash_inside_prune_or_replace_leaves_only_complete_step_folders(tmp_path, monkeypatch):
+    """A kill inside ``shutil.rmtree`` once left ``step-*`` folders without ``model.safetensors``; a kill
+    between moving a same-step checkpoint aside and renaming its replacement in left ``latest`` naming
+    nothing. Both windows are forced here by making the second operation raise."""
+    import shutil
+
+    from targetkl.train import checkpoint
+
+    def save(step, value):
+        return checkpoint.save_checkpoint(tmp_path, step, {"model": {"w": torch.full((3,), float(value))}},
+                                          {"step": step}, keep=2)
+
+    save(1, 1.0)
+    save(2, 2.0)
+    real_rmtree = shutil.rmtree
+
+    def dies_halfway(path, *args, **kwargs):
+        for child in sorted(Path(path).rglob("*.safetensors")):
+            child.unlink()
+        raise KeyboardInterrupt  # the process dies with the folder half removed
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save(3, 3.0)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real_rmtree)
+    root = checkpoint.checkpoint_root(tmp_path)
+    for folder in root.glob("step-*"):
+        assert load_tensors(folder / "model.safetensors")["w"][0] == checkpoint_step(folder)
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+
+    real_rename = checkpoint.os.rename
+    calls = []
+
+    def dies_after_moving_aside(source, destination):
+        calls.append(source)
+        real_rename(source, destination)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the same step's old checkpoint is aside, the new one not yet in
+
+    monkeypatch.setattr(checkpoint.os, "rename", dies_after_moving_aside)
+    with pytest.raises(KeyboardInterrupt):
+        save(3, 30.0)
+    monkeypatch.setattr(checkpoint.os, "rename", real_rename)
+    assert not (root / "step-00000003").exists()
+    restored = latest_checkpoint(tmp_path)
+    assert restored.name == "step-00000003"
+    assert load_tensors(restored / "model.safetensors")["w"][0] == 3.0
+    save(3, 30.0)
+    assert load_tensors(latest_checkpoint(tmp_path) / "model.safetensors")["w"][0] == 30.0
+    assert not list(root.glob(".old-*")) and not list(root.glob(".tmp-*"))
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(small_corpus, tmp_path):

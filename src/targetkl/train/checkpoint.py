@@ -9,8 +9,11 @@ Layout::
     RUN/checkpoints/latest                              name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
-named in ``latest`` (itself replaced atomically). A crash at any moment leaves ``latest`` pointing at a
-complete checkpoint. Loading never executes code: safetensors, and ``torch.load(weights_only=True)``.
+named in ``latest`` (itself replaced atomically). A folder is deleted only after it has been renamed out
+of the ``step-*`` namespace (to ``.old-*``), so a crash at any moment leaves ``latest`` pointing at a
+complete checkpoint and every ``step-*`` folder complete. If a crash falls between moving a checkpoint
+of the same step aside and renaming its replacement in, :func:`latest_checkpoint` moves the old one
+back. Loading never executes code: safetensors, and ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     torch.save(state, temporary / "state.pt")
     _fsync_file(temporary / "state.pt")
     if final.exists():
-        shutil.rmtree(final)
+        _move_aside(final)
     os.rename(temporary, final)
     _fsync_dir(root)
     write_text_atomic(root / LATEST, name + "\n")
@@ -70,9 +73,20 @@ def prune(root: Path, keep: int, current: str) -> None:
     complete = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in complete[:-keep]:
         if old.name != current:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):
+            _move_aside(old)
+    for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _move_aside(folder: Path) -> Path:
+    """Rename ``folder`` out of the ``step-*`` namespace in one atomic step; return where it went."""
+    aside = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".old-{folder.name}-")) / "replaced"
+    os.rename(folder, aside)
+    return aside
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "state.pt").is_file()
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -83,7 +97,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return None
     name = pointer.read_text().strip()
     folder = root / name
-    if not name.startswith("step-") or not (folder / "model.safetensors").is_file() or not (folder / "state.pt").is_file():
+    if name.startswith("step-") and not folder.exists():
+        for aside in sorted(root.glob(f".old-{name}-*/replaced")):
+            if _complete(aside):
+                os.rename(aside, folder)
+                break
+    if not name.startswith("step-") or not _complete(folder):
         raise CheckpointError(f"{pointer}: names {name!r}, which is not a complete checkpoint; "
                               "point it at an existing step-* folder or delete it to start over")
     return folder
