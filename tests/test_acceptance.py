@@ -23,6 +23,8 @@ from targetkl.config import resolve
 from targetkl.eval.evaluate import evaluate_model
 from targetkl.models.codec import Codec
 
+pytestmark = pytest.mark.slow
+
 TARGETS = (0.1, 0.5, 2.0)
 CLIP_SECONDS = 1.0  # the demo corpus's clip length
 FLUSH_BITS = 32  # the range coder closes each .tkl payload with at most one more 32-bit word
