@@ -73,7 +73,8 @@ def reference_infer(model, audio: torch.Tensor) -> None:
 
 def paired_medians(ours_step, ours, reference_step, reference, audio: torch.Tensor,
                    repeats: int) -> tuple[float, float]:
-    """Fastest seconds of each model's step (the minimum, as ``timeit`` advises: noise only adds time), timed in alternating pairs whose order flips every repeat,
+    """Fastest seconds of each model's step (the minimum, as ``timeit`` advises: noise only adds time), timed in
+    alternating pairs whose order flips every repeat,
     after two warm-up calls each, so that drift in the machine's speed and the cost of running second
     hit both alike."""
     pairs = ((ours_step, ours), (reference_step, reference))

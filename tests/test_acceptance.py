@@ -122,7 +122,8 @@ def test_tkl_files_are_the_size_the_kl_promised(sweep, vae, demo_corpus, tmp_pat
     for target in TARGETS:
         run = load_run(vae[target]["run"])
         loudness = run.config.data.loudness_dbfs
-        reports = [compress_file(run.model, demo_corpus / clip.path, tmp_path / "clip.tkl", loudness) for clip in held_out]
+        reports = [compress_file(run.model, demo_corpus / clip.path, tmp_path / "clip.tkl", loudness)
+                   for clip in held_out]
         kl_bits = sum(r["kl_kbps"] for r in reports) / len(reports) * 1000 * CLIP_SECONDS
         payload_bits = sum(r["payload_kbps"] for r in reports) / len(reports) * 1000 * CLIP_SECONDS
         whole = compress_file(run.model, joined, tmp_path / "joined.tkl", loudness)

@@ -69,7 +69,8 @@ def test_standardization_round_trip_and_statistics():
     torch.testing.assert_close(mean, torch.tensor([2.0, 0.0]))
     torch.testing.assert_close(std, torch.tensor([math.sqrt(1 + 0.25), 0.5]))  # var of means + mean posterior var
     _, std_of_means = latent_statistics(latents, [0, 1], sample_posterior=False)
-    torch.testing.assert_close(std_of_means, torch.tensor([1.0, 1e-3]))  # a constant channel is floored, not divided by 0
+    # a constant channel is floored, not divided by 0
+    torch.testing.assert_close(std_of_means, torch.tensor([1.0, 1e-3]))
     model = LatentDiT(2, 4, width=16, depth=1, heads=2)
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)

@@ -41,9 +41,11 @@ def test_controllers_reach_their_targets_and_the_best_is_near_shannon(rows):
 
 def test_sanity_command_writes_the_json_rows(tmp_path, capsys):
     out = tmp_path / "sanity.json"
-    assert main(["sanity", "--controllers", "lagrange", "--bits", "4", "--steps", "1500", "--json", str(out), "-q"]) == 0
+    command = ["sanity", "--controllers", "lagrange", "--bits", "4", "--steps", "1500", "--json", str(out), "-q"]
+    assert main(command) == 0
     saved = json.loads(out.read_text())
     assert len(saved) == 1
-    assert {"controller", "target_bits", "reached_bits", "distortion", "shannon_distortion", "gap_db"} <= saved[0].keys()
+    columns = {"controller", "target_bits", "reached_bits", "distortion", "shannon_distortion", "gap_db"}
+    assert columns <= saved[0].keys()
     assert abs(saved[0]["reached_bits"] - 4.0) < 0.1
     assert "gap" in capsys.readouterr().out

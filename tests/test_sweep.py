@@ -75,7 +75,8 @@ def test_sweep_writes_rows_for_every_system(small_sweep):
     assert by_name["beta-0.01"]["target_kbps"] is None and by_name["beta-0.01"]["rate_kbps"] > 0
     tkl = by_name["tkl-1kbps"]
     assert tkl["run"] == by_name["vae-1kbps"]["run"] and 0 < tkl["rate_kbps"] < tkl["file_kbps"]
-    assert by_name["codec2-1300"]["rate_kbps"] == pytest.approx(8 * 7 * 12 / 0.5 / 1000)  # 12 whole 40 ms frames per 0.5 s clip
+    # 12 whole 40 ms frames per 0.5 s clip
+    assert by_name["codec2-1300"]["rate_kbps"] == pytest.approx(8 * 7 * 12 / 0.5 / 1000)
     saved = json.loads((out / "rd.json").read_text())
     assert [r["system"] for r in saved] == [r["system"] for r in rows]
     for row in saved:

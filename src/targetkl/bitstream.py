@@ -16,7 +16,8 @@ Why this step: in the high-resolution regime a bin of width ``step`` under a den
 to spend is ``0.5 mu^2 + 0.5 sigma^2 - ln sigma - 0.5``. For ``sigma << 1`` the two agree when
 ``step = sqrt(2 pi e) sigma``, so the file costs what the KL promised; at low rates the bins are as
 wide as the prior, the approximation overspends (by 11% at 0.5 kbps on the demo corpus), and ``g_c``
-corrects it. Uniform quantization with that step adds latent noise of variance ``step^2 / 12 = 1.42 sigma^2``, a little more than the ``sigma^2``
+corrects it. Uniform quantization with that step adds latent noise of variance ``step^2 / 12 = 1.42 sigma^2``, a
+little more than the ``sigma^2``
 the decoder saw in training; the report gives the resulting distortion against the plain decode of the
 mean. Channels the model does not use (``sigma ~ 1``) get a step near 4, almost all their symbols are 0,
 and they cost almost nothing, as their KL does.
@@ -24,7 +25,8 @@ and they cost almost nothing, as their KL does.
 File layout (little endian): the fixed header ``HEADER`` (magic ``TKL1``, format version, sample rate,
 hop, frame rate, length in samples, the loudness gain applied before encoding (the model was
 trained on audio at ``data.loudness_dbfs``; decompression divides it out), latent channels, frames,
-largest symbol magnitude, 8-byte model fingerprint, payload length in 32-bit words), ``latent_dim`` float16 steps, the payload words, and a
+largest symbol magnitude, 8-byte model fingerprint, payload length in 32-bit words), ``latent_dim`` float16 steps, the
+payload words, and a
 CRC-32 of everything before it. A short, damaged or foreign file is refused with ``BitstreamError``.
 """
 
@@ -92,7 +94,8 @@ def code_length_bits(mean: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     return -torch.log2(mass.clamp_min(1e-300)).sum(dim=-1)
 
 
-def rate_matched_steps(mean: torch.Tensor, std: torch.Tensor, kl_nats: torch.Tensor, iterations: int = 40) -> np.ndarray:
+def rate_matched_steps(mean: torch.Tensor, std: torch.Tensor, kl_nats: torch.Tensor,
+                       iterations: int = 40) -> np.ndarray:
     """Per-channel steps whose code length equals the channel's KL: ``(D, F)`` x3 -> ``(D,)`` float16.
 
     Starts from the high-resolution step ``sqrt(2 pi e) * sigma`` and scales it by a factor in
@@ -195,7 +198,8 @@ def _check_header(header: TklHeader, source: str) -> None:
 
 
 @torch.no_grad()
-def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float, runner: CodecRunner | None = None) -> tuple[bytes, dict]:
+def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float,
+             runner: CodecRunner | None = None) -> tuple[bytes, dict]:
     """Mono ``(samples,)`` float audio at the model's rate -> ``(.tkl bytes, details)``.
 
     The audio is brought to ``loudness_dbfs`` RMS as in training; the gain goes into the header.
@@ -224,8 +228,8 @@ def compress_encoded(model: Codec, encoded: Encoded, num_samples: int, gain: flo
     flat = symbols.numpy().astype(np.int32).reshape(-1)
     encoder.encode(flat, _prior_model(max_symbol), np.zeros(flat.size), _symbol_scales(steps, frames))
     payload = encoder.get_compressed().astype(np.uint32)
-    header = TklHeader(model.sample_rate, model.hop, float(model.frame_rate), num_samples, gain, model.latent_dim, frames,
-                       max_symbol, _fingerprint_bytes(model), int(payload.size))
+    header = TklHeader(model.sample_rate, model.hop, float(model.frame_rate), num_samples, gain, model.latent_dim,
+                       frames, max_symbol, _fingerprint_bytes(model), int(payload.size))
     details = {"symbols": symbols.to(torch.int32), "z": _dequantize(symbols, steps),
                "mean": mean.float(), "gain": gain, "kl_bits_per_frame": float(encoded.bits_per_frame.mean())}
     return pack(header, steps, payload), details
@@ -295,7 +299,8 @@ def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, lo
             "payload_kbps": payload_bits / seconds / 1000, "file_kbps": 8 * len(data) / seconds / 1000,
             "payload_bytes": payload_bits // 8, "file_bytes": len(data), "distortion_seconds": shown / sample_rate,
             "mel_distance": vs_input["mel_distance"], "mel_distance_mean_decode": mean_vs_input["mel_distance"],
-            "mel_distance_vs_mean_decode": vs_mean["mel_distance"], "snr_vs_mean_decode_db": _snr_db(mean_decoded, decompressed)}
+            "mel_distance_vs_mean_decode": vs_mean["mel_distance"],
+            "snr_vs_mean_decode_db": _snr_db(mean_decoded, decompressed)}
 
 
 def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -304,7 +309,8 @@ def _snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     return 10 * math.log10((signal + 1e-12) / (noise + 1e-12))
 
 
-def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
+def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Decode a ``.tkl`` file into a 16-bit wav, written chunk by chunk as it is decoded."""
     tkl_path = Path(tkl_path)
     try:

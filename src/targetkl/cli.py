@@ -136,8 +136,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
     run = _load_for(args)
     report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs, args.batch_size)
     print(f"wrote {args.output}: {report['file_bytes']} bytes for {report['seconds']:.2f} s; KL rate "
-          f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, file {report['file_kbps']:.3f} kbps; "
-          f"mel distance {report['mel_distance']:.4f} (plain decode of the mean: {report['mel_distance_mean_decode']:.4f})")
+          f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, "
+          f"file {report['file_kbps']:.3f} kbps; mel distance {report['mel_distance']:.4f} "
+          f"(plain decode of the mean: {report['mel_distance_mean_decode']:.4f})")
     if args.json:
         from targetkl.fileio import write_text_atomic
 
@@ -179,7 +180,8 @@ def _float_list(text: str, option: str) -> list[float]:
     try:
         return [float(x) for x in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; "
+                                         f"got {text!r}") from None
 
 
 def _sweep_kbps(args: argparse.Namespace) -> list[float]:
@@ -371,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "(e.g. 1, 2 or 10); implies --kl-control target")
     train.add_argument("--bottleneck", choices=["vae", "rvq", "ae"], default=None, help="bottleneck type (default vae)")
     train.add_argument("--kl-control", choices=["target", "pi", "lagrange", "fixed", "capacity"], default=None,
-                       help="rate controller for vae (default lagrange: the target-KL loss plus a multiplier that removes its offset)")
+                       help="rate controller for vae (default lagrange: the target-KL loss plus a multiplier "
+                            "that removes its offset)")
     train.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     train.add_argument("--seed", type=int, default=None, help="random seed")
     train.add_argument("--batch-size", type=int, default=None, help="clips per batch")
@@ -391,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(evaluate)
     evaluate.set_defaults(func=cmd_eval)
 
-    sweep = sub.add_parser("sweep", help="rate-distortion sweep: target-KL VAEs vs RVQ, fixed beta, AE and classic codecs",
+    sweep = sub.add_parser("sweep",
+                           help="rate-distortion sweep: target-KL VAEs vs RVQ, fixed beta, AE and classic codecs",
                            description="Train (or reuse) one target-KL VAE per bitrate and the chosen baselines, "
                                        "evaluate all of them on the same held-out clips, and write SWEEP/rd.csv, "
                                        "rd.json, rd.png and report.html. An interrupted sweep continues where it "
@@ -428,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_argument(controllers)
     controllers.set_defaults(func=cmd_controllers)
 
-    sanity = sub.add_parser("sanity", help="Shannon-limit check: each rate controller on a Gaussian source with known D(R)",
+    sanity = sub.add_parser("sanity",
+                            help="Shannon-limit check: each rate controller on a Gaussian source with known D(R)",
                             description="Train a linear Gaussian VAE with each controller at each target rate on "
                                         "i.i.d. Gaussian vectors with unequal variances, and compare its distortion "
                                         "with the reverse water-filling D(R). Prints target and reached bits per "
@@ -472,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", help='text, e.g. "a low plucked string note"')
     generate.add_argument("output", help="wav file to write")
     generate.add_argument("--steps", type=int, default=32, help="Euler sampling steps (default: 32)")
-    generate.add_argument("--cfg", type=float, default=3.0, help="guidance scale; 1 = conditional model only (default: 3)")
+    generate.add_argument("--cfg", type=float, default=3.0,
+                          help="guidance scale; 1 = conditional model only (default: 3)")
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
     generate.add_argument("--seconds", type=float, default=None, help="length (default: the training clips' length)")
     _add_device_argument(generate, batch=False)

@@ -371,7 +371,8 @@ def validate(config: Config) -> None:
             f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
             f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
     if model.bottleneck == "vae" and rate_config.controller != "fixed":
-        if rate_config.target_kbps is None or not (rate_config.target_kbps > 0 and math.isfinite(rate_config.target_kbps)):
+        target = rate_config.target_kbps
+        if target is None or not (target > 0 and math.isfinite(target)):
             raise ConfigError(f"rate.target_kbps={rate_config.target_kbps}: a target bitrate must be positive")
         bits_per_value = 16.0
         ceiling = rate.bits_per_frame_to_kbps(model.latent_dim * bits_per_value, model.frame_rate)

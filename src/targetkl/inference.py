@@ -146,7 +146,8 @@ class CodecRunner:
     @torch.no_grad()
     def encode(self, audios: list[np.ndarray]) -> list[Encoded]:
         """Each ``(samples,)`` array, zero-padded to a whole number of frames, to its :class:`Encoded`."""
-        return self.encode_reader([len(a) for a in audios], lambda item, start, stop: _window(audios[item], start, stop))
+        return self.encode_reader([len(a) for a in audios],
+                                  lambda item, start, stop: _window(audios[item], start, stop))
 
     @torch.no_grad()
     def encode_reader(self, lengths: list[int], read: Callable[[int, int, int], np.ndarray]) -> list[Encoded]:

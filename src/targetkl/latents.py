@@ -57,7 +57,8 @@ def read_latent_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise LatentFileError(f"{path}: not a readable latent file ({error}); re-encode it with `targetkl encode`") from error
+        raise LatentFileError(f"{path}: not a readable latent file ({error}); "
+                              "re-encode it with `targetkl encode`") from error
     if metadata.get("format") != "targetkl-latents" or "latent" not in tensors:
         raise LatentFileError(f"{path}: not a targetkl latent file; make one with `targetkl encode`")
     return tensors, metadata

@@ -126,7 +126,8 @@ def lsgan_generator_loss(fake_scores: list[torch.Tensor]) -> torch.Tensor:
     return sum((1 - f).pow(2).mean() for f in fake_scores)
 
 
-def feature_matching_loss(real_features: list[list[torch.Tensor]], fake_features: list[list[torch.Tensor]]) -> torch.Tensor:
+def feature_matching_loss(real_features: list[list[torch.Tensor]],
+                          fake_features: list[list[torch.Tensor]]) -> torch.Tensor:
     """L1 between the discriminators' intermediate activations on real (detached) and fake audio."""
     total, count = 0.0, 0
     for real_list, fake_list in zip(real_features, fake_features):

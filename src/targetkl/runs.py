@@ -28,7 +28,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     if folder is None:
         raise CheckpointError(f"{run_dir}: no checkpoint yet; train it first with `targetkl train --out {run_dir}`")
     model = Codec(config)
-    weights = folder / "ema.safetensors" if use_ema and (folder / "ema.safetensors").is_file() else folder / "model.safetensors"
+    ema = folder / "ema.safetensors"
+    weights = ema if use_ema and ema.is_file() else folder / "model.safetensors"
     load_module(model, weights)
     model.to(device).eval()
     return LoadedRun(run_dir, config, model, checkpoint_step(folder))

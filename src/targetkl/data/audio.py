@@ -239,7 +239,8 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
     """The ``train``, ``held_out`` or ``all`` split of a ``--data`` source (folder, manifest or shards).
 
     The split is by a hash of each listed path (usable or not, so a file's split never depends on
-    whether its neighbours could be read). Indexes the source first (cached; only new or changed files are probed). Unusable files are skipped
+    whether its neighbours could be read). Indexes the source first (cached; only new or changed files are probed).
+    Unusable files are skipped
     with one warning each naming the file and the reason. ``DataError`` if the split holds nothing usable.
     """
     index = ensure_index(root, workers=workers, progress=progress)

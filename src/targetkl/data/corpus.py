@@ -179,7 +179,8 @@ def write_corpus(out_dir: str | Path, clips: int = 300, seconds: float = 1.0, sa
     if clips <= 0 or seconds <= 0 or sample_rate <= 0:
         raise ConfigError(f"--clips {clips}, --seconds {seconds}, --sample-rate {sample_rate}: each must be positive")
     if not snr_db > 0:
-        raise ConfigError(f"--snr-db {snr_db:g}: the noise floor must lie below the signal (a positive dB value, or inf)")
+        raise ConfigError(f"--snr-db {snr_db:g}: the noise floor must lie below the signal "
+                          "(a positive dB value, or inf)")
     out_dir = Path(out_dir)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     lines = []

@@ -293,7 +293,8 @@ def probe(candidate: dict) -> dict:
                 peak = max(peak, float(np.max(np.abs(mono))))
                 frames += block.shape[0]
     except Exception as error:  # soundfile raises several types for damaged files
-        return {"reason": f"unreadable audio ({str(error).splitlines()[0][:120] if str(error) else type(error).__name__})"}
+        detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        return {"reason": f"unreadable audio ({detail})"}
     if frames == 0:
         return {"reason": "empty: the file holds no samples"}
     result = {"frames": frames, "sample_rate": int(sample_rate), "channels": int(channels),

@@ -60,8 +60,9 @@ def format_result(result: dict) -> str:
     if result.get("rate_error_percent") is not None:
         lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
     for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "latent_use"):
-        if key in result and result[key] is not None and not (isinstance(result[key], float) and math.isnan(result[key])):
-            lines.append(f"{key:<13} {result[key]:.4f}")
+        value = result.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            lines.append(f"{key:<13} {value:.4f}")
     use = result.get("latent_use")
     if use is not None and use < LATENT_UNUSED_BELOW:
         lines.append(f"warning: the decoder ignores its latent (latent_use {use:.3f} < "

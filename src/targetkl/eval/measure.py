@@ -36,7 +36,8 @@ def latent_use(inputs: list[np.ndarray], decoded: list[np.ndarray], sample_rate:
     return between_decodes / between_inputs if between_inputs > 0 else math.nan
 
 
-def reconstruct(model: Codec, audio: np.ndarray, device: torch.device | str | None = None) -> tuple[np.ndarray, float, int]:
+def reconstruct(model: Codec, audio: np.ndarray,
+                device: torch.device | str | None = None) -> tuple[np.ndarray, float, int]:
     """Encode and decode one clip in eval mode: ``(decoded (samples,), total bits, frames)``."""
     decoded, encoded = CodecRunner(model, device).reconstruct([audio])
     return decoded[0], float(encoded[0].bits_per_frame.sum()), encoded[0].frames

@@ -21,7 +21,8 @@ METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
            *METRICS, "latent_use", "run")
-SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
+SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)",
+                "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
 
 
@@ -74,7 +75,8 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
                             if r["system"] == system and _has_value(r.get(metric)))
             if points:
                 style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
-                axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system), linewidth=2 if system == "vae" else 1)
+                axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system),
+                          linewidth=2 if system == "vae" else 1)
         axis.set_xscale("log")
         axis.set_xlabel("measured rate (kbps, held-out)")
         better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
@@ -171,7 +173,8 @@ def _generation_section(generation: dict, out: Path) -> str:
         f"VAE's latents. Best: <b>{generation['best_kbps']:.3f} kbps</b> ({html.escape(generation['best_label'])}; "
         f"{html.escape(generation['selection_rule'])}).</p>",
         f"<p>The judge is not a pretrained audio model: it is a {html.escape(judge['kind'])}, classes "
-        f"{html.escape(', '.join(judge['classes']))}, held-out accuracy on real audio {judge['held_out_accuracy']:.3f}. "
+        f"{html.escape(', '.join(judge['classes']))}, "
+        f"held-out accuracy on real audio {judge['held_out_accuracy']:.3f}. "
         "Text match: the share of generated clips it assigns to the prompt's class. Random latents: Gaussian noise "
         "with the latents' per-channel mean and std, decoded by the same VAE (the floor). Reconstructions: the "
         "VAE's own decodes of the held-out clips (the ceiling its decoder allows). Frechet distance: "

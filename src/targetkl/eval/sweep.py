@@ -210,7 +210,8 @@ class Sweep:
         cache = run / "sweep_eval.json"
         finished = self._finished_step(run) == config.train.steps
         cached = _read_json(cache) if finished else None
-        if cached is not None and cached.get("step") == config.train.steps and cached.get("perceptual") == self.perceptual:
+        if (cached is not None and cached.get("step") == config.train.steps
+                and cached.get("perceptual") == self.perceptual):
             return cached
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run().finished()
@@ -241,7 +242,8 @@ class Sweep:
     def _classic(self, point: SweepPoint) -> dict:
         cache = self.out / "classic" / f"{point.name}.json"
         cached = _read_json(cache)
-        if cached is not None and cached.get("perceptual") == self.perceptual and cached.get("clips") == len(self.held_out):
+        if (cached is not None and cached.get("perceptual") == self.perceptual
+                and cached.get("clips") == len(self.held_out)):
             return cached
         sample_rate = self.base.model.sample_rate
         audio = [clip.audio for clip in self.held_out]
@@ -281,7 +283,8 @@ def _clean(row: dict) -> dict:
 
 
 def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: list[str], preset: str = "tiny",
-              config_files: list[str] | None = None, assignments: list[str] | None = None, betas: tuple[float, ...] = DEFAULT_BETAS,
+              config_files: list[str] | None = None, assignments: list[str] | None = None,
+              betas: tuple[float, ...] = DEFAULT_BETAS,
               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS, perceptual: bool = True,
               progress: bool = True, device: str | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], Sweep]:

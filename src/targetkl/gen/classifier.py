@@ -43,7 +43,8 @@ class AudioClassifier(nn.Module):
         super().__init__()
         self.register_buffer("filters", mel_filterbank(sample_rate, N_FFT, N_MELS), persistent=False)
         def block(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                                 nn.MaxPool2d(2))
         self.features = nn.Sequential(nn.BatchNorm2d(1), block(1, 16), block(16, 32), block(32, 64))
         self.embedding = nn.Sequential(nn.Linear(128, EMBEDDING_DIM), nn.ReLU())
         self.head = nn.Linear(EMBEDDING_DIM, classes)
@@ -110,8 +111,10 @@ def train_judge(data: str | Path, out: str | Path, sample_rate: int, valid_perce
     with their classes, so that codec artifacts alone do not change the judgement), measure accuracy on
     the held-out real clips, save to ``out`` with ``trained_on`` (names of the codecs whose output it saw).
     """
-    train = [c for c in load_folder(data, sample_rate, "train", valid_percent, progress=False).clips if class_of(c)]
-    held_out = [c for c in load_folder(data, sample_rate, "held_out", valid_percent, progress=False).clips if class_of(c)]
+    def labelled(split: str) -> list[AudioClip]:
+        return [c for c in load_folder(data, sample_rate, split, valid_percent, progress=False).clips if class_of(c)]
+
+    train, held_out = labelled("train"), labelled("held_out")
     classes = sorted({class_of(c) for c in train})
     if len(classes) < 2:
         raise ValueError(f"{data}: the judge needs captions or labels of at least two kinds; add captions.jsonl")

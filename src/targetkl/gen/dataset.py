@@ -89,7 +89,8 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
             bar.update(len(clips))
         bar.close()
     bits_per_frame = held_out_bits / max(held_out_frames, 1)
-    info = {"run": str(Path(run_dir).resolve()), "fingerprint": model_fingerprint(model), "data": str(Path(data).resolve()),
+    info = {"run": str(Path(run_dir).resolve()), "fingerprint": model_fingerprint(model),
+            "data": str(Path(data).resolve()),
             "bottleneck": config.model.bottleneck, "sample_rate": model.sample_rate, "hop": model.hop,
             "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
             "target_kbps": config.rate.target_kbps if config.model.bottleneck == "vae" else None,

@@ -91,7 +91,8 @@ def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **fla
     return config
 
 
-def latent_statistics(latents: LatentSet, indices: list[int], sample_posterior: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_statistics(latents: LatentSet, indices: list[int],
+                      sample_posterior: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std ``(C,)`` of the training latents (posterior samples: the variance of the
     means plus the mean posterior variance)."""
     means = torch.cat([latents.means[i] for i in indices], dim=-1).double()
@@ -168,7 +169,8 @@ class GenTrainer:
         indices = self.held_out_indices or self.train_indices
         rng = np.random.default_rng([self.config.seed, 0x76])
         latents = latent_batch(self.latents, indices, self.frames, rng, self.config.sample_posterior)
-        return validation_loss(self.ema, self.ema.standardize(latents.to(self.device)), self.text[indices].to(self.device))
+        return validation_loss(self.ema, self.ema.standardize(latents.to(self.device)),
+                               self.text[indices].to(self.device))
 
     def save(self) -> Path:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
@@ -194,7 +196,8 @@ class GenTrainer:
         if path.is_file():
             saved = json.loads(path.read_text())
             keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior")
-            if any(saved["config"].get(k) != description["config"][k] for k in keys) or saved["latents_info"] != self.latents.info:
+            changed = any(saved["config"].get(k) != description["config"][k] for k in keys)
+            if changed or saved["latents_info"] != self.latents.info:
                 raise ConfigError(f"{path}: this generator was started with other settings or latents; "
                                   "use a new --out folder")
         write_text_atomic(path, json.dumps(description, indent=2) + "\n")
@@ -207,7 +210,8 @@ class GenTrainer:
         logger.truncate_after(self.step)
         total = self.config.steps
         losses: list[float] = []
-        with tqdm(total=total, initial=self.step, desc="gen-train", disable=not self.progress, dynamic_ncols=True) as bar:
+        with tqdm(total=total, initial=self.step, desc="gen-train", disable=not self.progress,
+                  dynamic_ncols=True) as bar:
             while self.step < total:
                 loss = self.train_step()
                 if not math.isfinite(loss):

@@ -293,8 +293,8 @@ class Trainer:
         whole_clip_kl = total_nats / max(sum(e.frames for e in encoded), 1)
         controller.calibrate(whole_clip_kl, rate_config.calibrate_gain)
         self.calibration_seconds += time.perf_counter() - started
-        return {"rate/calibration_kbps": rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate),
-                "control/offset_nats": float(controller.offset)}
+        kbps = rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate)
+        return {"rate/calibration_kbps": kbps, "control/offset_nats": float(controller.offset)}
 
     def _adversarial_terms(self, audio: torch.Tensor, decoded: torch.Tensor, terms: dict) -> torch.Tensor:
         """Update the discriminator on this micro-batch; return the generator's adversarial terms."""
@@ -387,7 +387,8 @@ class Trainer:
                     logger.log(self.step, held_out, split="held_out")
                 if self._stop_requested():
                     self.save()
-                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "a stop signal on another rank"
+                    name = (signal.Signals(self._stop_signal).name if self._stop_signal
+                            else "a stop signal on another rank")
                     log.warning("%s received: checkpoint written at step %d; run the same command to resume",
                                 name, self.step)
                     return TrainResult(self.run_dir, self.step, True, last)
