@@ -209,6 +209,84 @@ def test_a_crash_inside_prune_or_replace_leaves_only_complete_step_folders(tmp_p
     assert not list(root.glob(".old-*")) and not list(root.glob(".tmp-*"))
 
 
+def test_a_second_training_on_a_busy_run_folder_is_refused(small_corpus, tmp_path):
+    """Issue 19: two processes on one --out once mixed their metrics and deleted each other's checkpoint
+    folders. The second is refused at once, naming the folder and the first's pid; the first finishes
+    undisturbed (and equals a run that trained alone). A killed holder leaves no stale lock: the SIGKILL
+    test resumes after every kill."""
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run, steps = tmp_path / "busy", 100
+    first = subprocess.Popen(_train_command(small_corpus, run, steps), env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while first.poll() is None and _logged_step(run) < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first training ended before the second could try"
+    second = subprocess.run(_train_command(small_corpus, run, steps), env=environment, capture_output=True, text=True)
+    assert first.poll() is None, "the first training ended before the second was answered; give it more steps"
+    first_output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, first_output
+    assert second.returncode == 2
+    message = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(message) == 1 and "Traceback" not in second.stderr
+    assert str(run) in message[0] and f"pid {first.pid}" in message[0]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["split"] == "train"]
+    assert logged == list(range(1, steps + 1))
+    subprocess.run(_train_command(small_corpus, tmp_path / "alone", steps), check=True, env=environment,
+                   capture_output=True)
+    a = load_tensors(latest_checkpoint(tmp_path / "alone") / "model.safetensors")
+    b = load_tensors(latest_checkpoint(run) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_run_lock_is_held_while_training_and_given_back(tmp_path):
+    from targetkl.train.runlock import RunFolderError, RunLock
+
+    held = RunLock(tmp_path / "run").acquire()
+    with pytest.raises(RunFolderError, match=f"pid {os.getpid()}"):
+        RunLock(tmp_path / "run").acquire()
+    held.release()
+    RunLock(tmp_path / "run").acquire().release()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is not a folder"):
+        RunLock(tmp_path / "file").check()
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_same_command_resumes(small_corpus, tmp_path,
+                                                                                  monkeypatch):
+    """Issue 19: ENOSPC while writing a checkpoint: a CheckpointError saying so, the partial checkpoint
+    removed (the space given back), the last complete one intact; once there is room the same training
+    resumes from it and ends equal to a run that never ran out of space."""
+    import errno
+
+    from targetkl.train import checkpoint
+
+    config = quick_config(train={"steps": 6, "checkpoint_every": 2})
+    Trainer(config, small_corpus, tmp_path / "roomy", progress=False).run()
+    real_save = checkpoint.torch.save
+    calls = {"n": 0}
+
+    def fills_the_disk(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk)
+    with pytest.raises(CheckpointError, match="no space left on the device while writing step-00000004"):
+        Trainer(config, small_corpus, tmp_path / "full", progress=False).run()
+    root = tmp_path / "full" / "checkpoints"
+    assert not list(root.glob(".tmp-*"))
+    assert latest_checkpoint(tmp_path / "full").name == "step-00000002"
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    Trainer(config, small_corpus, tmp_path / "full", progress=False).run()
+    a = load_tensors(latest_checkpoint(tmp_path / "roomy") / "model.safetensors")
+    b = load_tensors(latest_checkpoint(tmp_path / "full") / "model.safetensors")
+    assert load_run(tmp_path / "full").step == 6 and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(small_corpus, tmp_path):
     run = tmp_path / "run"
     command = _train_command(small_corpus, run, 400)

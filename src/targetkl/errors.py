@@ -9,7 +9,8 @@ from targetkl.gen.dataset import LatentSetError
 from targetkl.gen.text import TextEncoderError
 from targetkl.latents import LatentFileError
 from targetkl.train.checkpoint import CheckpointError
+from targetkl.train.runlock import RunFolderError
 from targetkl.train.trainer import TrainingError
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, BitstreamError,
-               CodecToolError, SweepError, LatentSetError, TextEncoderError, FileNotFoundError)
+               CodecToolError, SweepError, LatentSetError, TextEncoderError, RunFolderError, FileNotFoundError)

@@ -8,7 +8,8 @@ Layout::
     RUN/checkpoints/step-00001000/state.pt              step, optimizer(s), RNG, schedule
     RUN/checkpoints/latest                              name of the newest complete checkpoint
 
-A checkpoint is written into a temporary folder, flushed to disk, renamed into place, and only then
+A checkpoint is written into a temporary folder (removed again if the write fails, e.g. on a full
+disk, which is reported as one line), flushed to disk, renamed into place, and only then
 named in ``latest`` (itself replaced atomically). A folder is deleted only after it has been renamed out
 of the ``step-*`` namespace (to ``.old-*``), so a crash at any moment leaves ``latest`` pointing at a
 complete checkpoint and every ``step-*`` folder complete. If a crash falls between moving a checkpoint
@@ -18,6 +19,7 @@ back. Loading never executes code: safetensors, and ``torch.load(weights_only=Tr
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -54,11 +56,19 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     name = f"step-{step:08d}"
     final = root / name
     temporary = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
-    for file_name, tensor_dict in tensors.items():
-        save_file(tensor_dict, str(temporary / f"{file_name}.safetensors"))
-        _fsync_file(temporary / f"{file_name}.safetensors")
-    torch.save(state, temporary / "state.pt")
-    _fsync_file(temporary / "state.pt")
+    try:
+        for file_name, tensor_dict in tensors.items():
+            save_file(tensor_dict, str(temporary / f"{file_name}.safetensors"))
+            _fsync_file(temporary / f"{file_name}.safetensors")
+        torch.save(state, temporary / "state.pt")
+        _fsync_file(temporary / "state.pt")
+    except (OSError, RuntimeError) as error:
+        shutil.rmtree(temporary, ignore_errors=True)  # give the space back: the rerun needs it
+        if _out_of_space(error):
+            raise CheckpointError(f"{root}: no space left on the device while writing {name}; the last complete "
+                                  "checkpoint is kept and the partial one removed; free some space and run the "
+                                  "same command to resume") from None
+        raise
     if final.exists():
         _move_aside(final)
     os.rename(temporary, final)
@@ -66,6 +76,13 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     write_text_atomic(root / LATEST, name + "\n")
     prune(root, keep=max(keep, 1), current=name)
     return final
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT, raised directly or wrapped by torch's writer (a RuntimeError naming it)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
 
 
 def prune(root: Path, keep: int, current: str) -> None:

@@ -34,6 +34,7 @@ from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean
 from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
                                        state_dict_for_file)
 from targetkl.train.logger import MetricLogger, NullLogger
+from targetkl.train.runlock import RunLock
 
 log = logging.getLogger("targetkl.train")
 
@@ -92,6 +93,9 @@ class Trainer:
         self.data_dir = Path(data_dir)
         self.dist = distributed or SINGLE
         self.progress = progress and self.dist.is_main
+        self.run_lock = RunLock(self.run_dir)
+        if self.dist.is_main:
+            self.run_lock.check()  # refuse a folder another process trains before loading any data
         self.device = choose_device(config.train.device)
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -335,6 +339,15 @@ class Trainer:
                                            batch_size=self.config.train.batch_size)
 
     def run(self) -> TrainResult:
+        """Train to ``train.steps`` (resuming from the run's checkpoint), holding the run folder's lock."""
+        if self.dist.is_main:
+            self.run_lock.acquire()
+        try:
+            return self._run()
+        finally:
+            self.run_lock.release()
+
+    def _run(self) -> TrainResult:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
