@@ -77,7 +77,10 @@ class RateConfig:
     Over the next ``warmup_steps`` the rate comes down: ``warmup='weight'`` (default) ramps the weight
     with the goal at the target, which squeezes low targets within a few steps; ``'goal'`` anneals the
     goal geometrically from the free phase's KL to the target at full penalty weight (see
-    ``targetkl.control``).
+    ``targetkl.control``). ``noise_ramp`` (default on) scales the posterior noise of training forwards by
+    the same ramp: the free phase trains a plain autoencoder on the posterior mean, and the noise comes
+    in with the penalty. With full noise from step 0 the decoder could give up the latent in the free
+    phase (see docs/low-rates.md).
 
     ``kl_lambda`` gives the ``target`` controller the paper's absolute weight: ``kl_lambda * (KL - KL_target)^2``
     per nat squared (the paper used 1, 2 and 10) instead of ``weight`` per squared relative error.
@@ -108,6 +111,7 @@ class RateConfig:
     calibrate_batch: int = 1
     calibrate_gain: float = 0.2
     kl_lambda: float | None = None
+    noise_ramp: bool = True
 
 
 @dataclass

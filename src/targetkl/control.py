@@ -81,6 +81,7 @@ class KLController(nn.Module):
         self.free_steps = config.free_steps
         self.warmup_steps = config.warmup_steps
         self.warmup = config.warmup
+        self.noise_ramp = config.noise_ramp
         self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
         self.register_buffer("offset", torch.zeros((), dtype=torch.float64))
         self.register_buffer("free_kl", torch.zeros((), dtype=torch.float64))
@@ -126,6 +127,11 @@ class KLController(nn.Module):
             return
         offset = float(self.offset) - gain * (whole_clip_kl - self.target)
         self.offset.fill_(min(max(offset, -limit * self.target), limit * self.target))
+
+    def noise_scale(self) -> float:
+        """Factor on the posterior noise of the next training forward: 1, or with ``rate.noise_ramp`` the
+        penalty's ramp (0 in the free phase, so it trains a plain autoencoder on the posterior mean)."""
+        return self.ramp() if self.noise_ramp else 1.0
 
     def ramp(self) -> float:
         """Weight of the penalty after ``forwards`` training forwards (see :func:`free_start_ramp`)."""

@@ -30,7 +30,8 @@ def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
 class GaussianBottleneck(Bottleneck):
     """Split ``(B, 2D, F)`` into mean and raw scale; ``std = softplus(raw) + eps``.
 
-    Training samples ``z = mean + std * noise`` (reparameterized); eval returns ``z = mean``. The rate is
+    Training samples ``z = mean + a * std * noise`` (reparameterized; ``a`` is the controller's
+    :meth:`~targetkl.control.KLController.noise_scale`, 1 by default); eval returns ``z = mean``. The rate is
     the KL of the posterior to the standard normal prior, whichever ``z`` is returned.
     """
 
@@ -49,7 +50,7 @@ class GaussianBottleneck(Bottleneck):
 
     def forward(self, h: torch.Tensor) -> BottleneckOutput:
         mean, std = self.posterior(h)
-        z = mean + std * torch.randn_like(mean) if self.training else mean
+        z = mean + self.controller.noise_scale() * std * torch.randn_like(mean) if self.training else mean
         kl = gaussian_kl(mean, std)
         penalty = self.controller(kl)
         metrics = {"latent/mean_std": float(mean.detach().std()), "latent/posterior_std": float(std.detach().mean()),
