@@ -187,7 +187,7 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
+    "tiny": {"train": {"min_lr_ratio": 0.0}},
     "base-24k": {
         "model": {"sample_rate": 24000, "encoder_dim": 64, "strides": (2, 4, 5, 8),
                   "decoder_dim": 1024, "latent_dim": 64},
