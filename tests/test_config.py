@@ -27,6 +27,7 @@ def test_unknown_preset_and_keys_fail_clearly():
     ({"rate.target_kbps": 100.0}, "above what"),
     ({"data.segment_seconds": 0.33}, "multiple of the hop"),
     ({"train.lr": 0.0}, "learning rate"),
+    ({"train.schedule": "exponential"}, "exponential schedule would set"),  # tiny's LR floor is 0
 ])
 def test_impossible_values_fail_before_training(flags, message):
     with pytest.raises(ConfigError, match=message):

@@ -393,6 +393,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr={train.lr}: the learning rate must be positive")
     if train.schedule not in ("constant", "cosine", "exponential"):
         raise ConfigError(f"train.schedule={train.schedule!r}: choose constant, cosine or exponential")
+    if train.schedule == "exponential" and not train.min_lr_ratio > 0:
+        raise ConfigError(f"train.min_lr_ratio={train.min_lr_ratio}: the exponential schedule would set the learning "
+                          "rate to 0 after warmup; use a ratio above 0 (e.g. 0.1) or train.schedule=cosine")
     if not 0 <= train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay={train.ema_decay}: must be in [0, 1)")
     if rate_config.calibrate_seconds <= 0 or rate_config.calibrate_clips < 0 or rate_config.calibrate_batch < 1:
