@@ -42,6 +42,7 @@ import constriction
 import numpy as np
 import torch
 
+from targetkl.errors import UserError
 from targetkl import rate
 from targetkl.data.audio import file_entry, gain_for_level, loudness_gain, read_window, write_audio_stream
 from targetkl.eval.metrics import clip_metrics
@@ -57,10 +58,12 @@ CHECKSUM = struct.Struct("<I")
 STEP_FACTOR = math.sqrt(2 * math.pi * math.e)
 BLOCK_VALUES = 1 << 21
 MAX_SECONDS = 24 * 3600
+MAX_STEP = 256.0  # a channel the model does not use has a step near 4 (at most about 11 for sigma = 1)
+GAIN_RANGE = (1e-4, 1e6)  # loudness gains compress can write: peak-limited loud files to near-silent ones
 REPORT_SECONDS = 60.0
 
 
-class BitstreamError(ValueError):
+class BitstreamError(UserError, ValueError):
     """A ``.tkl`` file that is truncated, damaged, of another format version, or from another model."""
 
 
@@ -176,7 +179,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[TklHeader, np.ndarray,
     offset = HEADER.size
     steps = np.frombuffer(data, dtype="<f2", count=header.latent_dim, offset=offset)
     payload = np.frombuffer(data, dtype="<u4", count=header.payload_words, offset=offset + 2 * header.latent_dim)
-    if not np.all(np.isfinite(steps)) or np.any(steps <= 0) or not header.gain > 0:
+    if not (np.all(np.isfinite(steps)) and np.all(steps > 0) and np.all(steps <= MAX_STEP)):
         raise BitstreamError(f"{source}: invalid quantization steps in the header; compress the audio again")
     return header, steps.astype(np.float16), payload.astype(np.uint32)
 
@@ -186,6 +189,10 @@ def _check_header(header: TklHeader, source: str) -> None:
     damaged = f"{source}: damaged .tkl header"
     if not (0 < header.sample_rate <= 384000 and 0 < header.hop and 0 < header.latent_dim <= 4096):
         raise BitstreamError(f"{damaged} (sample rate, hop or latent width out of range); compress the audio again")
+    if not (math.isfinite(header.frame_rate)
+            and abs(header.frame_rate - header.sample_rate / header.hop) <= 1e-3 * header.frame_rate):
+        raise BitstreamError(f"{damaged} (frame rate {header.frame_rate:g} Hz is not sample rate / hop); compress "
+                             "the audio again")
     if not 0 < header.num_samples <= MAX_SECONDS * header.sample_rate:
         raise BitstreamError(f"{damaged} (length {header.num_samples} samples); compress the audio again")
     if header.frames != -(-header.num_samples // header.hop):
@@ -193,7 +200,7 @@ def _check_header(header: TklHeader, source: str) -> None:
                              "audio again")
     if not 1 <= header.max_symbol < 2 ** 16:
         raise BitstreamError(f"{damaged} (largest symbol {header.max_symbol}); compress the audio again")
-    if not (math.isfinite(header.gain) and 1e-6 <= header.gain <= 1e6):
+    if not (math.isfinite(header.gain) and GAIN_RANGE[0] <= header.gain <= GAIN_RANGE[1]):
         raise BitstreamError(f"{damaged} (loudness gain {header.gain:g}); compress the audio again")
 
 
@@ -217,6 +224,9 @@ def compress_encoded(model: Codec, encoded: Encoded, num_samples: int, gain: flo
     if encoded.std is None:
         raise BitstreamError("compress needs a Gaussian (vae) run, this one has no posterior std; an rvq run's "
                              "codes are written by `targetkl encode`")
+    if not GAIN_RANGE[0] <= gain <= GAIN_RANGE[1]:
+        raise BitstreamError(f"the input's level needs a gain of {gain:g} to reach the model's loudness, outside "
+                             f"{GAIN_RANGE[0]:g}-{GAIN_RANGE[1]:g}; is it float audio far above full scale?")
     mean, std = encoded.z.double(), encoded.std.double()
     steps = rate_matched_steps(mean, std, gaussian_kl_per_value(mean, std))
     symbols = torch.round(mean / torch.from_numpy(steps.astype(np.float64))[:, None]).to(torch.int64)
@@ -244,14 +254,36 @@ def read_symbols(model: Codec, data: bytes, source: str = "<bytes>") -> tuple[Tk
                              f"is {fingerprint.hex()}); decompress it with the run that compressed it")
     if (header.sample_rate, header.hop, header.latent_dim) != (model.sample_rate, model.hop, model.latent_dim):
         raise BitstreamError(f"{source}: header does not fit this model; decompress it with the run that compressed it")
-    decoder = constriction.stream.queue.RangeDecoder(payload)
-    count = header.latent_dim * header.frames
-    try:
-        flat = decoder.decode(_prior_model(header.max_symbol), np.zeros(count), _symbol_scales(steps, header.frames))
-    except (ValueError, RuntimeError, OverflowError) as error:
-        raise BitstreamError(f"{source}: the payload does not decode ({error}); compress the audio again") from error
-    symbols = torch.from_numpy(np.asarray(flat, dtype=np.int32).reshape(header.latent_dim, header.frames))
+    symbols = _decode_symbols(payload, steps, header, source)
     return header, symbols, _dequantize(symbols, steps)
+
+
+def _decode_symbols(payload: np.ndarray, steps: np.ndarray, header: TklHeader, source: str) -> torch.Tensor:
+    """Range-decode ``(D, F)`` int32 symbols, a block of channels at a time (the coder's float64 inputs stay
+    within ``BLOCK_VALUES``). A payload that runs out decodes to bounded symbols (``|q| <= max_symbol``);
+    any failure of the coder, a Rust panic included, is a ``BitstreamError``."""
+    symbols = np.empty((header.latent_dim, header.frames), dtype=np.int32)
+    block = max(1, BLOCK_VALUES // max(header.frames, 1))
+    try:
+        decoder = constriction.stream.queue.RangeDecoder(payload)
+        prior = _prior_model(header.max_symbol)
+        for first in range(0, header.latent_dim, block):
+            part = steps[first:first + block]
+            flat = decoder.decode(prior, np.zeros(part.size * header.frames), _symbol_scales(part, header.frames))
+            symbols[first:first + part.size] = np.asarray(flat, dtype=np.int32).reshape(part.size, header.frames)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as error:  # constriction's PanicException derives from BaseException
+        raise BitstreamError(f"{source}: the payload does not decode ({type(error).__name__}); compress the audio "
+                             "again") from error
+    return torch.from_numpy(symbols)
+
+
+def _finite(audio: np.ndarray, source: str) -> np.ndarray:
+    if not np.all(np.isfinite(audio)):
+        raise BitstreamError(f"{source}: the latent decodes to non-finite audio; the file is damaged, compress the "
+                             "audio again")
+    return audio
 
 
 @torch.no_grad()
@@ -259,7 +291,7 @@ def decompress(model: Codec, data: bytes, source: str = "<bytes>",
                runner: CodecRunner | None = None) -> tuple[np.ndarray, TklHeader]:
     """``.tkl`` bytes -> ``(audio (samples,) float32, header)``."""
     header, _, z = read_symbols(model, data, source)
-    return _decode_latent(model, z, header.num_samples, header.gain, runner), header
+    return _finite(_decode_latent(model, z, header.num_samples, header.gain, runner), source), header
 
 
 @torch.no_grad()
@@ -319,6 +351,6 @@ def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path,
         raise BitstreamError(f"{tkl_path}: cannot read ({error.strerror})") from error
     header, _, z = read_symbols(model, data, str(tkl_path))
     runner = CodecRunner(model, batch_size=batch_size)
-    pieces = ((first, audio / header.gain) for _, first, audio in runner.decode_pieces([z]))
+    pieces = ((first, _finite(audio, str(tkl_path)) / header.gain) for _, first, audio in runner.decode_pieces([z]))
     samples = write_audio_stream(out_path, model.sample_rate, pieces, header.num_samples)
     return {"samples": samples, "sample_rate": header.sample_rate, "frames": header.frames}
