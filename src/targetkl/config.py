@@ -10,17 +10,20 @@ import copy
 import dataclasses
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from targetkl.errors import UserError
 from targetkl import rate
 
 BOTTLENECKS = ("vae", "rvq", "ae")
 CONTROLLERS = ("target", "fixed", "capacity", "pi", "lagrange")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value that cannot work; the message says which key and what to do."""
 
 
@@ -230,38 +233,64 @@ for _name in ("base-24k", "dac-44k"):
     PRESETS[_name]["rate"].update({"calibrate_every": 100, "calibrate_seconds": 5.0, "calibrate_batch": 8})
 
 
-def coerce(value: Any, template: Any, key: str) -> Any:
-    """Convert ``value`` (from JSON, YAML, TOML or a ``key=value`` string) to the type of ``template``."""
-    if isinstance(value, str) and not isinstance(template, str):
+def field_type(cls: type, name: str) -> Any:
+    """The declared type of dataclass field ``name`` (``int``, ``float | None``, ``tuple[int, ...]``...)."""
+    return typing.get_type_hints(cls)[name]
+
+
+def _number(value: Any, kind: type, key: str) -> Any:
+    """``value`` as an ``int`` or a finite-or-infinite (never NaN) ``float``; ``ConfigError`` otherwise."""
+    name = "an integer" if kind is int else "a number"
+    if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("none", "null"):
-            return None
-        if isinstance(template, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        if isinstance(template, tuple):
-            parts = [p for p in text.strip("()[]").split(",") if p.strip()]
-            element = template[0] if template else 0.0
-            return tuple(coerce(p, element, key) for p in parts)
         try:
-            if isinstance(template, int):
-                return int(text)
-            return float(text)
-        except ValueError as error:
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from error
-    if isinstance(template, tuple) and isinstance(value, (list, tuple)):
-        element = template[0] if template else 0.0
-        return tuple(coerce(v, element, key) for v in value)
-    if isinstance(template, bool):
-        return bool(value)
-    if isinstance(template, float) and isinstance(value, int):
+            value = int(text) if kind is int and text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {name}, got {text!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected {name}, got {value!r}")
+    if math.isnan(value):
+        raise ConfigError(f"{key}: expected {name}, got nan")
+    if kind is float:
         return float(value)
-    if isinstance(template, int) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    if isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return int(value)
+
+
+def coerce(value: Any, kind: Any, key: str) -> Any:
+    """Convert ``value`` (from JSON, YAML, TOML or a ``key=value`` string) to the declared type ``kind`` of
+    field ``key``: ``int``, ``float``, ``bool``, ``str``, ``tuple[X, ...]`` or any of them ``| None``.
+    Anything else (a list for a number, a mapping, NaN) is a ``ConfigError`` naming the key."""
+    arguments = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return coerce(value, next(a for a in arguments if a is not type(None)), key)
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            value = [part for part in value.strip().strip("()[]").split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of values, e.g. [2, 4], got {value!r}")
+        if len(arguments) != 2 or arguments[1] is not Ellipsis:
+            if len(value) != len(arguments):
+                raise ConfigError(f"{key}: expected {len(arguments)} values, got {len(value)}")
+            return tuple(coerce(v, a, key) for v, a in zip(value, arguments))
+        return tuple(coerce(v, arguments[0], key) for v in value)
+    if kind is bool:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text in ("1", "true", "yes", "on", True, 1):
+            return True
+        if text in ("0", "false", "no", "off", False, 0):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if kind in (int, float):
+        return _number(value, kind, key)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a name (a string), got {value!r}")
+        return value
+    raise ConfigError(f"{key}: cannot read a value of type {kind}")
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "overrides") -> Config:
@@ -284,10 +313,10 @@ def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "ove
             if key not in names:
                 raise ConfigError(
                     f"{where}: unknown key {section_name}.{key}; known keys: {', '.join(sorted(names))}")
-            template = getattr(section, key)
-            if template is None:
-                template = 0.0
-            setattr(section, key, coerce(value, template, f"{section_name}.{key}"))
+            try:
+                setattr(section, key, coerce(value, field_type(type(section), key), f"{section_name}.{key}"))
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
     return config
 
 

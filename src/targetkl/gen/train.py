@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from targetkl.config import ConfigError, coerce
+from targetkl.config import ConfigError, coerce, field_type
 from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
 from targetkl.gen.flow import flow_matching_loss, validation_loss
 from targetkl.gen.model import LatentDiT
@@ -81,7 +81,7 @@ def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **fla
         key = key.removeprefix("gen.")
         if key not in names or not separator:
             raise ConfigError(f"--set {item!r}: write key=value with a key from {', '.join(sorted(names))}")
-        values[key] = coerce(value, getattr(config, key), key)
+        values[key] = coerce(value, field_type(GenConfig, key), key)
     values.update({k: v for k, v in flags.items() if v is not None})
     config = dataclasses.replace(config, **values)
     if config.width % config.heads:
