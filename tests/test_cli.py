@@ -122,3 +122,81 @@ def test_compress_cli_writes_the_rates_and_refuses_a_damaged_file(trained_run, s
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and "a.tkl" in error and "\n" not in error
     assert not (tmp_path / "b.wav").exists()
+
+
+def _one_line_refusal(capsys, argv, *expected):
+    """``main(argv)`` exits 2 with one ``error:`` line containing every ``expected`` text (no traceback)."""
+    code = main(argv)
+    error = capsys.readouterr().err.strip()
+    assert code == 2, (argv, error)
+    assert error.startswith("error: ") and len(error.splitlines()) == 1 and "Traceback" not in error, error
+    for text in expected:
+        assert text in error, (text, error)
+    return error
+
+
+def test_hostile_configs_paths_and_latents_are_one_line_errors(trained_run, small_corpus, tmp_path, capsys):
+    # issue 19, point 4: each of these used to end in a traceback
+    out = str(tmp_path / "r")
+    train = ["train", "--data", str(small_corpus), "--out", out, "-q"]
+    yaml_file, toml_file = tmp_path / "steps.yaml", tmp_path / "lr.toml"
+    yaml_file.write_text("train: {steps: [1, 2]}\n")
+    toml_file.write_text("[train]\nlr = {a = 1}\n")
+    _one_line_refusal(capsys, train + ["--config", str(yaml_file)], "steps.yaml", "train.steps", "integer")
+    _one_line_refusal(capsys, train + ["--config", str(toml_file)], "lr.toml", "train.lr")
+    _one_line_refusal(capsys, train + ["--set", "train.lr=nan"], "train.lr", "nan")
+    _one_line_refusal(capsys, ["sweep", "--data", str(small_corpus), "--out", str(tmp_path / "s"), "--kbps", "abc"],
+                      "--kbps", "abc")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    _one_line_refusal(capsys, ["train", "--data", str(small_corpus), "--out", str(a_file), "-q"], "a_file")
+    source = str(sorted((small_corpus / "clips").glob("*.wav"))[0])
+    missing = tmp_path / "no_such_folder"
+    _one_line_refusal(capsys, ["encode", str(trained_run), source, str(missing / "x.safetensors")], "no_such_folder")
+    _one_line_refusal(capsys, ["compress", str(trained_run), source, str(missing / "x.tkl")], "no_such_folder")
+    _one_line_refusal(capsys, ["compress", str(trained_run), source, str(tmp_path)], str(tmp_path), "folder")
+    latent, tkl = tmp_path / "x.safetensors", tmp_path / "x.tkl"
+    assert main(["encode", str(trained_run), source, str(latent)]) == 0
+    assert main(["compress", str(trained_run), source, str(tkl)]) == 0
+    capsys.readouterr()
+    _one_line_refusal(capsys, ["decode", str(trained_run), str(latent), str(missing / "x.wav")], "no_such_folder")
+    _one_line_refusal(capsys, ["decompress", str(trained_run), str(tkl), str(missing / "x.wav")], "no_such_folder")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(latent), "pt") as handle:
+        tensors, metadata = {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+    save_file(tensors, str(tmp_path / "bad.safetensors"), {**metadata, "num_samples": "abc"})
+    _one_line_refusal(capsys, ["decode", str(trained_run), str(tmp_path / "bad.safetensors"),
+                               str(tmp_path / "o.wav")], "bad.safetensors", "num_samples")
+    broken = tmp_path / "broken_run"
+    broken.mkdir()
+    for item in trained_run.iterdir():
+        (broken / item.name).symlink_to(item)
+    (broken / "config.json").unlink()
+    saved = json.loads((trained_run / "config.json").read_text())
+    saved["model"]["strides"] = 5
+    (broken / "config.json").write_text(json.dumps(saved))
+    _one_line_refusal(capsys, ["eval", str(broken), "--data", str(small_corpus)], "config.json", "model.strides")
+
+
+def test_wrong_but_usable_inputs_are_refused_or_warned(small_corpus, tmp_path, capsys, caplog):
+    # issue 19, point 5
+    _one_line_refusal(capsys, ["train", "--data", str(small_corpus), "--out", str(tmp_path / "nan"),
+                               "--target-kbps", "nan", "-q"], "target_kbps")
+    assert not (tmp_path / "nan" / "config.json").exists()
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    clips = sorted((small_corpus / "clips").glob("*.wav"))[:4]
+    for clip in clips:
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    whole = clips[0].read_bytes()
+    (folder / "truncated.wav").write_bytes(whole[: len(whole) // 2])
+    sf.write(str(folder / "one_sample.wav"), np.zeros(1, dtype=np.float32), 16000)
+    from targetkl.data import load_folder
+
+    with caplog.at_level("WARNING"):
+        load_folder(folder, 16000, "all", 0.0, -20.0, progress=False)
+    text = caplog.text
+    assert "truncated.wav: truncated: the header promises" in text
+    assert "one_sample.wav" in text and "very short: 1 samples" in text

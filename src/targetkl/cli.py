@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import sys
 from pathlib import Path
@@ -177,11 +178,16 @@ def _names(text: str) -> list[str]:
 
 
 def _float_list(text: str, option: str) -> list[float]:
+    """``"0.5, 1,2"`` -> ``[0.5, 1.0, 2.0]``; a one-line ``UserError`` for anything else (or nothing)."""
+    from targetkl.errors import UserError
+
     try:
-        return [float(x) for x in _names(text)]
+        values = [float(x) for x in _names(text)]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; "
-                                         f"got {text!r}") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}")
+    return values
 
 
 def _sweep_kbps(args: argparse.Namespace) -> list[float]:
@@ -543,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the system refused (a folder for a file, no permission, a full disk)
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except TrainingInterrupted as stop:
         print(str(stop), file=sys.stderr)

@@ -1,16 +1,14 @@
-"""The exceptions that mean "bad input": the CLI prints their one-line message instead of a traceback."""
+"""The base of every "bad input" exception: the CLI prints its one-line message instead of a traceback.
 
-from targetkl.bitstream import BitstreamError
-from targetkl.config import ConfigError
-from targetkl.data.audio import DataError
-from targetkl.eval.classic import CodecToolError
-from targetkl.eval.sweep import SweepError
-from targetkl.gen.dataset import LatentSetError
-from targetkl.gen.text import TextEncoderError
-from targetkl.latents import LatentFileError
-from targetkl.train.checkpoint import CheckpointError
-from targetkl.train.runlock import RunFolderError
-from targetkl.train.trainer import TrainingError
+The bottom layer: it imports nothing, so ``targetkl --help`` and every module may use it. A module that
+refuses input defines its own subclass (``ConfigError``, ``DataError``, ``BitstreamError``, ...).
+"""
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, LatentFileError, BitstreamError,
-               CodecToolError, SweepError, LatentSetError, TextEncoderError, RunFolderError, FileNotFoundError)
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Input the user can fix; ``str(error)`` is one line that names the file and the fix."""
+
+
+USER_ERRORS = (UserError, FileNotFoundError)

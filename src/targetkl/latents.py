@@ -16,13 +16,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from targetkl.errors import UserError
 from targetkl.data.audio import file_entry, read_window, write_audio_stream
 from targetkl.fileio import output_path
 from targetkl.inference import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, CodecRunner
 from targetkl.models.codec import Codec, model_fingerprint
 
 
-class LatentFileError(ValueError):
+class LatentFileError(UserError, ValueError):
     """A latent file that is damaged or belongs to another model."""
 
 

@@ -320,3 +320,16 @@ def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: 
                 out.write(np.clip(audio, -1.0, 1.0))
                 written += len(audio)
     return written
+
+
+def write_example_clips(folder: Path, clips: list[np.ndarray], sample_rate: int) -> list[str]:
+    """Write ``clips`` (each ``(samples,)`` float, clipped to [-1, 1]) as 16-bit ``clip{i}.wav`` files in
+    ``folder`` (created); returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, audio in enumerate(clips):
+        path = folder / f"clip{index}.wav"
+        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64), -1, 1), sample_rate, subtype="PCM_16")
+        paths.append(str(path))
+    return paths

@@ -38,6 +38,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from targetkl.errors import UserError
 from targetkl.fileio import write_text_atomic
 
 log = logging.getLogger("targetkl.data")
@@ -45,10 +46,11 @@ log = logging.getLogger("targetkl.data")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 INDEX_FORMAT, INDEX_VERSION = "targetkl-index", 1
 PROBE_BLOCK = 1 << 20
+SHORT_SECONDS = 0.05  # a file shorter than this is used, with a warning (it is mostly padding)
 CAPTION_SUFFIXES = (".json", ".txt", ".caption")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be used; the message names the path and the fix."""
 
 
@@ -276,6 +278,36 @@ def open_sound(file: str, offset: int | None = None, member_size: int | None = N
     return sf.SoundFile(io.BytesIO(data))
 
 
+def wav_declared_frames(head: bytes, size: int) -> tuple[int, int] | None:
+    """``(frames the RIFF/WAVE header declares, frames the file's ``size`` bytes hold)`` from the file's first
+    bytes ``head``, or ``None`` when it is not a WAV with a plain ``fmt``/``data`` header. libsndfile
+    quietly clips the declared length to the file, so a truncated WAV is found here."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    position, block_align = 12, 0
+    while position + 8 <= len(head):
+        chunk, length = head[position:position + 4], int.from_bytes(head[position + 4:position + 8], "little")
+        if chunk == b"fmt " and position + 22 <= len(head):
+            block_align = int.from_bytes(head[position + 20:position + 22], "little")
+        if chunk == b"data":
+            if not block_align or length == 0xFFFFFFFF:  # no format yet, or a streamed file of unknown length
+                return None
+            return length // block_align, max(size - position - 8, 0) // block_align
+        position += 8 + length + (length & 1)
+    return None
+
+
+def _declared_frames(candidate: dict) -> tuple[int, int] | None:
+    try:
+        with open(candidate["file"], "rb") as handle:
+            handle.seek(candidate.get("offset") or 0)
+            head = handle.read(4096)
+            size = candidate.get("member_size") or os.fstat(handle.fileno()).st_size
+    except OSError:
+        return None
+    return wav_declared_frames(head, size)
+
+
 def probe(candidate: dict) -> dict:
     """Read a file once: ``{frames, sample_rate, channels, rms, peak[, warning]}`` or ``{reason}``."""
     try:
@@ -299,8 +331,18 @@ def probe(candidate: dict) -> dict:
         return {"reason": "empty: the file holds no samples"}
     result = {"frames": frames, "sample_rate": int(sample_rate), "channels": int(channels),
               "rms": math.sqrt(squares / frames), "peak": peak}
+    name = str(candidate.get("path", candidate["file"])).lower()
+    declared = _declared_frames(candidate) if name.endswith(".wav") else None
+    if declared and declared[0] > declared[1]:
+        promised = declared[0]
+    warnings = []
     if promised > 0 and frames < promised:
-        result["warning"] = f"truncated: the header promises {promised} frames, the file holds {frames}"
+        warnings.append(f"truncated: the header promises {promised} frames, the file holds {frames}")
+    if frames < SHORT_SECONDS * sample_rate:
+        warnings.append(f"very short: {frames} samples ({1000 * frames / sample_rate:.2g} ms), mostly padding in a "
+                        "training segment")
+    if warnings:
+        result["warning"] = "; ".join(warnings)
     return result
 
 

@@ -20,8 +20,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from targetkl.errors import UserError
 
-class CodecToolError(RuntimeError):
+
+class CodecToolError(UserError, RuntimeError):
     """A classic codec's command-line tool is missing or failed; the message names the package."""
 
 

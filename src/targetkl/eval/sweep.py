@@ -19,19 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 from tqdm import tqdm
 
+from targetkl.errors import UserError
 from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
+from targetkl.data.audio import write_example_clips
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
 from targetkl.eval.measure import measure_rate_and_distortion
 from targetkl.eval.metrics import clip_metrics, mean_metrics
 from targetkl.eval.report import METRICS, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
-from targetkl.fileio import write_text_atomic
+from targetkl.fileio import read_json_or_none, write_text_atomic
 from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
 
@@ -42,7 +43,7 @@ DEFAULT_AE_WIDTHS = (2, 4, 8)
 RVQ_MAX_CODEBOOK_BITS = 10
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """A sweep request that cannot work; the message says which value and what to do."""
 
 
@@ -116,23 +117,6 @@ def check_tools(baselines: list[str]) -> None:
             CLASSIC_CODECS[baseline].check_tools()
 
 
-def _write_examples(folder: Path, clips: list[np.ndarray], sample_rate: int) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, audio in enumerate(clips):
-        path = folder / f"clip{index}.wav"
-        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64), -1, 1), sample_rate, subtype="PCM_16")
-        paths.append(str(path))
-    return paths
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class Sweep:
     """Runs a planned sweep in ``out``; every finished point is kept, so running again continues."""
 
@@ -155,7 +139,7 @@ class Sweep:
         return resolve(self.preset, self.files, self.assignments, flags=flags)
 
     def originals(self) -> list[str]:
-        return _write_examples(self.out / "audio" / "original", [c.audio for c in self.example_clips],
+        return write_example_clips(self.out / "audio" / "original", [c.audio for c in self.example_clips],
                                self.base.model.sample_rate)
 
     def run_point(self, point: SweepPoint) -> list[dict]:
@@ -171,7 +155,7 @@ class Sweep:
         """Compress every held-out clip into a ``.tkl`` bitstream and measure the decompressed audio."""
         cache = run / "sweep_tkl.json"
         step = self._finished_step(run)
-        cached = _read_json(cache)
+        cached = read_json_or_none(cache)
         if cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual:
             return cached
         loaded = load_run(run, self.device)
@@ -202,14 +186,14 @@ class Sweep:
 
     def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:
         """Write the decoded versions of the example clips (the first held-out ones) under ``audio/name``."""
-        return _write_examples(self.out / "audio" / name, decoded[: len(self.example_clips)], sample_rate)
+        return write_example_clips(self.out / "audio" / name, decoded[: len(self.example_clips)], sample_rate)
 
     def _trained(self, point: SweepPoint) -> dict:
         config = self.config_for(point)
         run = self.out / "runs" / point.name
         cache = run / "sweep_eval.json"
         finished = self._finished_step(run) == config.train.steps
-        cached = _read_json(cache) if finished else None
+        cached = read_json_or_none(cache) if finished else None
         if (cached is not None and cached.get("step") == config.train.steps
                 and cached.get("perceptual") == self.perceptual):
             return cached
@@ -241,7 +225,7 @@ class Sweep:
 
     def _classic(self, point: SweepPoint) -> dict:
         cache = self.out / "classic" / f"{point.name}.json"
-        cached = _read_json(cache)
+        cached = read_json_or_none(cache)
         if (cached is not None and cached.get("perceptual") == self.perceptual
                 and cached.get("clips") == len(self.held_out)):
             return cached

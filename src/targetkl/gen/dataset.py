@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from targetkl.errors import UserError
 from targetkl import rate
 from targetkl.data import load_folder
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
@@ -29,7 +30,7 @@ from targetkl.fileio import write_text_atomic
 LATENTS_FILE, MANIFEST_FILE, INFO_FILE = "latents.safetensors", "manifest.jsonl", "info.json"
 
 
-class LatentSetError(ValueError):
+class LatentSetError(UserError, ValueError):
     """A latents folder that is missing or damaged; the message says how to rebuild it."""
 
 

@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from targetkl.data import load_folder
 from targetkl.eval.report import GENERATION_COLUMNS, figure_png, refresh_report, write_csv
-from targetkl.eval.sweep import SweepError, _read_json, _write_examples
+from targetkl.data.audio import write_example_clips
+from targetkl.eval.sweep import SweepError
 from targetkl.gen.classifier import Judge, load_judge, train_judge
 from targetkl.gen.dataset import load_latent_set, pre_encode
 from targetkl.gen.evaluate import (AudioEmbedder, audio_embedder_factory, decoder_sensitivity, evaluate_generator,
@@ -37,7 +38,7 @@ from targetkl.gen.train import GenConfig, GenTrainer, load_generator
 from targetkl.models.codec import model_fingerprint
 from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.runs import load_run
-from targetkl.fileio import write_bytes_atomic, write_text_atomic
+from targetkl.fileio import read_json_or_none, write_bytes_atomic, write_text_atomic
 
 SELECTION_RULE = "highest text_match; ties broken by the lower frechet_distance"
 EXAMPLES = 3
@@ -46,14 +47,14 @@ EXAMPLES = 3
 def sweep_data(sweep: Path, data: str | Path | None) -> Path:
     if data is not None:
         return Path(data)
-    recorded = _read_json(sweep / "sweep.json") or {}
+    recorded = read_json_or_none(sweep / "sweep.json") or {}
     if not recorded.get("data"):
         raise SweepError(f"{sweep}/sweep.json does not name the sweep's data; pass --data DIR")
     return Path(recorded["data"])
 
 
 def vae_rows(sweep: Path) -> list[dict]:
-    rows = _read_json(sweep / "rd.json")
+    rows = read_json_or_none(sweep / "rd.json")
     if rows is None:
         raise SweepError(f"{sweep}/rd.json: not found; run `targetkl sweep --out {sweep}` first")
     vaes = sorted((r for r in rows if r.get("system") == "vae"), key=lambda r: r["rate_kbps"])
@@ -65,7 +66,7 @@ def vae_rows(sweep: Path) -> list[dict]:
 def _latents_for(run: Path, data: Path, folder: Path, progress: bool, device: torch.device,
                  batch_size: int) -> None:
     """Pre-encode unless the stored latents were made by the run's current weights from ``data``."""
-    info = _read_json(folder / "info.json")
+    info = read_json_or_none(folder / "info.json")
     current = model_fingerprint(load_run(run).model)
     if info is None or info.get("fingerprint") != current or info.get("data") != str(data.resolve()):
         pre_encode(run, data, folder, progress=progress, device=device, batch_size=batch_size)
@@ -79,12 +80,12 @@ def _forget_stale_generator(folder: Path, config: GenConfig) -> None:
     """Delete ``folder/gen`` when it was trained on other latents than ``folder/latents`` holds now (the
     VAE was retrained) or with other settings than ``config`` (more steps resume instead): select owns
     the folder, and such a generator would not answer the question asked."""
-    saved = _read_json(folder / "gen" / "gen_config.json")
+    saved = read_json_or_none(folder / "gen" / "gen_config.json")
     if saved is None:
         return
     wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE}
     had = {k: v for k, v in saved.get("config", {}).items() if k not in RESUMABLE}
-    if saved.get("latents_info") != _read_json(folder / "latents" / "info.json") or had != wanted:
+    if saved.get("latents_info") != read_json_or_none(folder / "latents" / "info.json") or had != wanted:
         shutil.rmtree(folder / "gen")
 
 
@@ -129,7 +130,7 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, e
     settings = {"gen_step": generator.step, "fingerprint": generator.description["latents_info"]["fingerprint"],
                 "repeats": repeats, "sample_steps": sample_steps, "cfg": cfg, "seed": seed, "embedding": embedding,
                 "judge_trained_on": judge.trained_on, "judge_accuracy": judge.accuracy}
-    cached = _read_json(folder / "eval.json")
+    cached = read_json_or_none(folder / "eval.json")
     if cached is not None and all(cached.get(k) == v for k, v in settings.items()):
         return cached
     loaded = load_run(row["run"], device)
@@ -152,7 +153,7 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, e
               "text_match_reconstructions": text_match(judge, reconstructions, classes),
               "val_loss": _val_loss(folder / "gen"), **{f"sensitivity_{k}": v for k, v in sensitivity.items()},
               "prompts": [prompts[i] for i in examples],
-              "audio": _write_examples(sweep / "audio" / f"gen-{row['label']}", [generated[i] for i in examples],
+              "audio": write_example_clips(sweep / "audio" / f"gen-{row['label']}", [generated[i] for i in examples],
                                        loaded.model.sample_rate),
               **settings}
     write_text_atomic(folder / "eval.json", json.dumps(result, indent=2) + "\n")

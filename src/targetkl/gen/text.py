@@ -14,8 +14,10 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from targetkl.errors import UserError
 
-class TextEncoderError(ValueError):
+
+class TextEncoderError(UserError, ValueError):
     """A text encoder that cannot be loaded; the message says what to install or pass."""
 
 

@@ -31,12 +31,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from targetkl.fileio import _fsync_dir, _fsync_file, write_text_atomic
+from targetkl.errors import UserError
+from targetkl.fileio import fsync_dir, fsync_file, write_text_atomic
 
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing or damaged; the message names the file."""
 
 
@@ -59,9 +60,9 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     try:
         for file_name, tensor_dict in tensors.items():
             save_file(tensor_dict, str(temporary / f"{file_name}.safetensors"))
-            _fsync_file(temporary / f"{file_name}.safetensors")
+            fsync_file(temporary / f"{file_name}.safetensors")
         torch.save(state, temporary / "state.pt")
-        _fsync_file(temporary / "state.pt")
+        fsync_file(temporary / "state.pt")
     except (OSError, RuntimeError) as error:
         shutil.rmtree(temporary, ignore_errors=True)  # give the space back: the rerun needs it
         if _out_of_space(error):
@@ -72,7 +73,7 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     if final.exists():
         _move_aside(final)
     os.rename(temporary, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_text_atomic(root / LATEST, name + "\n")
     prune(root, keep=max(keep, 1), current=name)
     return final

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from targetkl.errors import UserError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -18,7 +20,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_FILE = ".lock"
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be trained into: another process holds it, or it is not a folder."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from targetkl.errors import UserError
 from targetkl import rate
 from targetkl.config import Config, validate
 from targetkl.data import AudioSet, load_folder
@@ -39,7 +40,7 @@ from targetkl.train.runlock import RunLock
 log = logging.getLogger("targetkl.train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on; the message says why and what was saved."""
 
 
