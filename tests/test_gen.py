@@ -12,7 +12,7 @@ import torch
 from conftest import chromium_dom
 from targetkl.cli import main
 from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
-from targetkl.gen.evaluate import frechet_distance
+from targetkl.gen.evaluate import frechet_distance, kernel_audio_distance
 from targetkl.gen.flow import guided_velocity, sample
 from targetkl.gen.model import LatentDiT
 from targetkl.gen.train import GenTrainer, gen_config, latent_statistics, load_generator
@@ -87,6 +87,20 @@ def test_frechet_distance_matches_the_closed_form():
     # (3 - 0)^2 + (1 - 2)^2 + 0 for two Gaussians with diagonal covariances: |dm|^2 + sum (s1 - s2)^2
     assert frechet_distance(a, b) == pytest.approx(10.0, rel=0.03)
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kernel_audio_distance_by_hand():
+    # x = {0, 1, 3}, y = {0, 2}: the median distance within x is 2, so k(a, b) = exp(-(a - b)^2 / 8).
+    # within x: (e^-1/8 + e^-9/8 + e^-4/8) / 3 = 0.6045600; within y: e^-4/8 = 0.6065307;
+    # between: (1 + e^-4/8 + 3 e^-1/8 + e^-9/8) / 6 = 0.7631123; MMD^2 = 0.6045600 + 0.6065307 - 2 * 0.7631123
+    x, y = np.array([[0.0], [1.0], [3.0]]), np.array([[0.0], [2.0]])
+    assert kernel_audio_distance(x, y) == pytest.approx(100 * -0.3151339, abs=1e-4)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 4)), rng.standard_normal((400, 4))
+    assert abs(kernel_audio_distance(a, b)) < 0.5  # unbiased: about 0 for two samples of one distribution
+    assert kernel_audio_distance(a, b + 1.0) > 10 * abs(kernel_audio_distance(a, b))
+    with pytest.raises(ValueError):
+        kernel_audio_distance(x[:1], y)
 
 
 def test_minilm_text_embeddings():
@@ -188,7 +202,7 @@ def test_select_over_a_sweep_writes_its_outputs_and_reuses_everything(vae_run, s
     assert saved == json.loads(json.dumps(result))
     assert saved["best_kbps"] in {1.01, 4.04}
     for row in saved["rows"]:
-        for key in ("rate_kbps", "text_match", "text_match_random_latents", "frechet_distance", "val_loss"):
+        for key in ("rate_kbps", "text_match", "text_match_random_latents", "frechet_distance", "kad", "val_loss"):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (key, row)
         assert 0 <= row["text_match"] <= 1 and 0 <= row["text_match_random_latents"] <= 1
         assert len(row["audio"]) == len(row["prompts"]) >= 1

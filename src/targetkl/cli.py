@@ -285,11 +285,12 @@ def cmd_select(args: argparse.Namespace) -> int:
     result = run_select(args.sweep, args.data, _gen_config(args), repeats=args.repeats, sample_steps=args.sample_steps,
                         cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=not args.quiet,
                         device=args.device, batch_size=args.batch_size)
-    print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'val':>6}")
+    print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'KAD':>8} "
+          f"{'val':>6}")
     for row in result["rows"]:
         print(f"{row['label']:<10} {row['rate_kbps']:>7.3f} {row['mel_distance']:>6.3f} {row['text_match']:>6.3f} "
               f"{row['text_match_random_latents']:>7.3f} {row['text_match_reconstructions']:>6.3f} "
-              f"{row['frechet_distance']:>8.3f} {row['val_loss']:>6.3f}")
+              f"{row['frechet_distance']:>8.3f} {row['kad']:>8.3f} {row['val_loss']:>6.3f}")
     print(f"best bitrate: {result['best_kbps']:.3f} kbps ({result['best_label']}); wrote generation.json, "
           f"generation.csv, generation.png and a section of report.html in {args.sweep}")
     return 0

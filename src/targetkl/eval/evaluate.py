@@ -59,10 +59,15 @@ def format_result(result: dict) -> str:
                  f"{result['frame_rate']:g} Hz frames)")
     if result.get("rate_error_percent") is not None:
         lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
-    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "latent_use"):
+    unscored = result.get("unscored") or {}
+    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer", "wer_original",
+                "cer_original", "latent_use"):
         value = result.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            lines.append(f"{key:<13} {value:.4f}")
+            note = f"  ({unscored[key]} of {result['clips']} clips could not be scored)" if unscored.get(key) else ""
+            lines.append(f"{key:<13} {value:.4f}{note}")
+    if "si_sdr" in result:
+        lines.append("(si_sdr is the median over clips; wer and cer are pooled over clips; the rest are means)")
     use = result.get("latent_use")
     if use is not None and use < LATENT_UNUSED_BELOW:
         lines.append(f"warning: the decoder ignores its latent (latent_use {use:.3f} < "

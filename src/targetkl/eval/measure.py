@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from targetkl import rate
 from targetkl.data import AudioClip
-from targetkl.eval.metrics import clip_metrics, mean_metrics, mel_distance
+from targetkl.eval.metrics import AGGREGATION, aggregate_metrics, clip_metrics, mel_distance, unscored_counts
 from targetkl.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SECONDS, CodecRunner
 from targetkl.models.codec import Codec
 
@@ -80,7 +80,9 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
     result = {"rate_kbps": rate.bits_per_frame_to_kbps(bits_per_frame, model.frame_rate),
               "bits_per_frame": bits_per_frame, "frame_rate": model.frame_rate, "clips": len(rows),
               "latent_use": use}
-    result.update(mean_metrics(rows))
+    result.update(aggregate_metrics(rows))
+    result["aggregation"] = {key: AGGREGATION[key] for key in result if key in AGGREGATION}
+    result["unscored"] = unscored_counts(rows)
     return {k: (v if not (isinstance(v, float) and math.isnan(v)) else math.nan) for k, v in result.items()}
 
 

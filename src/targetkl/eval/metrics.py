@@ -7,9 +7,11 @@ config) so runs and codecs are compared on the same scale. PESQ (wide-band, 16 k
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import warnings
 
 import numpy as np
@@ -97,12 +99,31 @@ def stoi_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
     return float(value) if np.isfinite(value) and value > -1e3 and value != 1e-5 else math.nan
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send file descriptor 2 to /dev/null for the block: native libraries (TensorFlow Lite inside ViSQOL)
+    print INFO lines there that Python's warnings filters cannot reach."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @functools.lru_cache(maxsize=2)
 def _visqol(mode: str):
     from visqol import VisqolApi
 
-    api = VisqolApi()
-    api.create(mode=mode)
+    with native_stderr_silenced():
+        api = VisqolApi()
+        api.create(mode=mode)
     return api
 
 
@@ -117,7 +138,9 @@ def visqol_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) 
     if shortfall > 0:
         reference, estimate = np.pad(reference, (0, shortfall)), np.pad(estimate, (0, shortfall))
     try:
-        result = _visqol(mode).measure_from_arrays(reference, estimate, rate)
+        api = _visqol(mode)
+        with native_stderr_silenced():
+            result = api.measure_from_arrays(reference, estimate, rate)
         return float(result.moslqo)
     except Exception as error:
         log.debug("ViSQOL undefined for this clip: %s", error)
@@ -145,11 +168,33 @@ def clip_metrics(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
     return values
 
 
-def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over clips, ignoring NaN (a metric undefined for a clip); NaN if all are."""
+AGGREGATION = {"mel_distance": "mean over clips", "stft_distance": "mean over clips",
+               "si_sdr": "median over clips (dB; a mean is dominated by quiet clips' very negative values)",
+               "pesq": "mean over scored clips", "stoi": "mean over scored clips", "visqol": "mean over scored clips",
+               "wer": "pooled: word edits over all clips / reference words over all clips",
+               "cer": "pooled: character edits over all clips / reference characters over all clips"}
+POOLED = {"wer": ("wer_edits", "wer_words"), "cer": ("cer_edits", "cer_chars")}
+
+
+def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    """One value per metric over clips, each aggregated as ``AGGREGATION`` says (NaN, a metric a clip could
+    not score, is left out; NaN if no clip could be scored). Pooled metrics read their per-clip counts."""
     keys = {k for row in rows for k in row}
+    counts = {count for pair in POOLED.values() for count in pair}
     out = {}
-    for key in sorted(keys):
+    for key in sorted(keys - counts):
+        if key in POOLED:
+            edits, total = (sum(row.get(name, 0.0) for row in rows) for name in POOLED[key])
+            out[key] = edits / total if total else math.nan
+            continue
         values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
-        out[key] = float(np.mean(values)) if values else math.nan
+        average = np.median if key == "si_sdr" else np.mean
+        out[key] = float(average(values)) if values else math.nan
     return out
+
+
+def unscored_counts(rows: list[dict[str, float]]) -> dict[str, int]:
+    """How many clips each metric could not score (NaN), for the metrics that missed any."""
+    keys = {k for row in rows for k in row}
+    missing = {key: sum(1 for row in rows if key in row and not math.isfinite(row[key])) for key in sorted(keys)}
+    return {key: count for key, count in missing.items() if count}

@@ -154,7 +154,8 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
 
 
 GENERATION_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance", "text_match", "text_match_random_latents",
-                      "text_match_reconstructions", "frechet_distance", "frechet_distance_random_latents", "val_loss",
+                      "text_match_reconstructions", "frechet_distance", "frechet_distance_random_latents", "kad",
+                      "kad_random_latents", "val_loss",
                       "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1")
 
 
@@ -178,7 +179,9 @@ def _generation_section(generation: dict, out: Path) -> str:
         "Text match: the share of generated clips it assigns to the prompt's class. Random latents: Gaussian noise "
         "with the latents' per-channel mean and std, decoded by the same VAE (the floor). Reconstructions: the "
         "VAE's own decodes of the held-out clips (the ceiling its decoder allows). Frechet distance: "
-        f"{html.escape(generation['frechet_reference'])}. Sensitivity a: mel distance between decode(z) and "
+        f"{html.escape(generation['frechet_reference'])}. KAD: kernel audio distance on the same embeddings "
+        "(unbiased MMD&sup2;, Gaussian kernel, median-distance bandwidth, &times;100; lower is better). "
+        "Sensitivity a: mel distance between decode(z) and "
         "decode(z + a&middot;std&middot;noise).</p>",
         "<img id='generation' src='generation.png' alt='generation quality vs bitrate'>",
         _table(rows, GENERATION_COLUMNS),

@@ -28,7 +28,7 @@ from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import write_example_clips
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
 from targetkl.eval.measure import measure_rate_and_distortion
-from targetkl.eval.metrics import clip_metrics, mean_metrics
+from targetkl.eval.metrics import aggregate_metrics, clip_metrics
 from targetkl.eval.report import METRICS, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
@@ -179,9 +179,10 @@ class Sweep:
         return _save_row(cache, row)
 
     def _distortion(self, decoded: list[np.ndarray], sample_rate: int) -> dict[str, float]:
-        """Mean of each metric in ``METRICS`` over the held-out clips against their decoded versions."""
-        metrics = mean_metrics([clip_metrics(clip.audio, audio, sample_rate, self.perceptual)
-                                for clip, audio in zip(self.held_out, decoded)])
+        """Each metric in ``METRICS`` over the held-out clips against their decoded versions, aggregated as
+        ``metrics.AGGREGATION`` says (SI-SDR: the median)."""
+        metrics = aggregate_metrics([clip_metrics(clip.audio, audio, sample_rate, self.perceptual)
+                                     for clip, audio in zip(self.held_out, decoded)])
         return {k: metrics[k] for k in METRICS if k in metrics}
 
     def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:

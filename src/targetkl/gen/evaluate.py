@@ -1,6 +1,8 @@
 """How well a generator's audio matches real audio and its prompt, and how predictable its latents are.
 
 - ``frechet_distance``: between Gaussians fitted to judge embeddings of real and generated audio.
+- ``kad``: kernel audio distance (unbiased MMD^2, Gaussian kernel, median bandwidth, x100) on the same
+  embeddings.
 - ``text_match``: the fraction of generated clips the judge assigns to the prompt's class.
 - The same two numbers for random latents (Gaussian noise with the latents' per-channel mean and std)
   decoded by the same VAE: the floor a generator has to beat.
@@ -60,6 +62,40 @@ def frechet_distance(real: np.ndarray, generated: np.ndarray) -> float:
     return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
 
 
+KAD_SCALE = 100.0  # KAD is reported times 100, as the KAD toolkit (kadtk) does
+
+
+def median_pairwise_distance(embeddings: np.ndarray) -> float:
+    """Median Euclidean distance over the distinct pairs of ``(N, D)`` embeddings, N >= 2."""
+    points = np.asarray(embeddings, dtype=np.float64)
+    squared = np.sum((points[:, None, :] - points[None, :, :]) ** 2, axis=-1)
+    return float(np.median(np.sqrt(squared[np.triu_indices(len(points), k=1)])))
+
+
+def kernel_audio_distance(real: np.ndarray, generated: np.ndarray, bandwidth: float | None = None) -> float:
+    """Kernel audio distance (Chung et al., 2025): the unbiased estimate of the squared maximum mean
+    discrepancy between ``(N, D)`` real and ``(M, D)`` generated embeddings (N, M >= 2), times ``KAD_SCALE``.
+
+    Kernel ``k(a, b) = exp(-|a - b|^2 / (2 h^2))`` with ``h`` the median pairwise distance of the real
+    embeddings unless ``bandwidth`` is given. Unbiased: the within-set means leave out the diagonal,
+    ``sum_{i != j} k(x_i, x_j) / (N (N - 1))``, so the value can fall slightly below zero for two samples
+    of one distribution. Distribution-free, unlike the Frechet distance's Gaussian fit.
+    """
+    x, y = np.asarray(real, dtype=np.float64), np.asarray(generated, dtype=np.float64)
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError("the kernel audio distance needs at least two embeddings on each side")
+    h = bandwidth if bandwidth is not None else median_pairwise_distance(x)
+    gamma = 1.0 / (2.0 * max(h, 1e-12) ** 2)
+
+    def kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.exp(-gamma * np.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1))
+
+    n, m = len(x), len(y)
+    within_x = (kernel(x, x).sum() - n) / (n * (n - 1))  # the diagonal is exp(0) = 1 for every point
+    within_y = (kernel(y, y).sum() - m) / (m * (m - 1))
+    return float(KAD_SCALE * (within_x + within_y - 2 * kernel(x, y).mean()))
+
+
 def text_match(judge: Judge, audio: list[np.ndarray], classes: list[str]) -> float:
     """Fraction of clips whose judged class is the class of their prompt."""
     _, predicted = judge.embed(audio)
@@ -111,6 +147,8 @@ def evaluate_generator(generator: LoadedGenerator, decoder: Codec, judge: Judge,
                "text_match_random_latents": text_match(judge, noise_audio, prompt_classes),
                "frechet_distance": frechet_distance(real_embeddings, generated_embeddings),
                "frechet_distance_random_latents": frechet_distance(real_embeddings, noise_embeddings),
+               "kad": kernel_audio_distance(real_embeddings, generated_embeddings),
+               "kad_random_latents": kernel_audio_distance(real_embeddings, noise_embeddings),
                "generated_clips": len(generated)}
     return metrics, generated
 

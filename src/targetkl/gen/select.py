@@ -178,9 +178,10 @@ def plot_generation(rows: list[dict]) -> bytes:
     import matplotlib.pyplot as plt
 
     rate = [r["rate_kbps"] for r in rows]
-    figure, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    figure, axes = plt.subplots(1, 5, figsize=(22, 3.8))
     panels = (("text_match", "text_match_random_latents", "text match (higher is better)"),
               ("frechet_distance", "frechet_distance_random_latents", "Frechet distance (lower is better)"),
+              ("kad", "kad_random_latents", "kernel audio distance x100 (lower is better)"),
               ("mel_distance", None, "reconstruction mel distance (lower is better)"),
               ("val_loss", None, "generator held-out loss (lower: more predictable)"))
     for axis, (key, floor, title) in zip(axes, panels):
