@@ -127,8 +127,13 @@ class LossConfig:
     adversarial: bool = False
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 2.0
+    discriminators: tuple[str, ...] = ("mpd", "mrsd")
     discriminator_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     discriminator_stft_windows: tuple[int, ...] = (2048, 1024, 512)
+    discriminator_cqt_hops: tuple[int, ...] = (512, 256, 256)
+    discriminator_cqt_bins: tuple[int, ...] = (24, 36, 48)
+    discriminator_cqt_octaves: int = 9
+    discriminator_cqt_fmin: float = 32.7
     discriminator_lr: float = 1e-4
 
 
@@ -382,6 +387,31 @@ def load_run_config(run_dir: str | Path) -> Config:
     return from_dict(data, where=str(path))
 
 
+def _validate_discriminators(config: Config) -> None:
+    from targetkl.models.discriminators import DISCRIMINATORS, octaves_below_nyquist
+
+    loss = config.loss
+    unknown = [name for name in loss.discriminators if name not in DISCRIMINATORS]
+    if unknown or (loss.adversarial and not loss.discriminators):
+        raise ConfigError(f"loss.discriminators={','.join(loss.discriminators)}: choose from "
+                          f"{', '.join(DISCRIMINATORS)} (comma-separated)")
+    if "cqt" not in loss.discriminators:
+        return
+    if len(loss.discriminator_cqt_hops) != len(loss.discriminator_cqt_bins) or not loss.discriminator_cqt_hops:
+        raise ConfigError("loss.discriminator_cqt_hops and loss.discriminator_cqt_bins need one value per CQT scale "
+                          "each, as many of one as of the other")
+    octaves = octaves_below_nyquist(config.model.sample_rate, loss.discriminator_cqt_fmin,
+                                    loss.discriminator_cqt_octaves)
+    if not loss.discriminator_cqt_fmin > 0 or octaves < 1:
+        raise ConfigError(f"loss.discriminator_cqt_fmin={loss.discriminator_cqt_fmin}: no CQT octave fits below "
+                          f"{config.model.sample_rate / 2:g} Hz; lower it")
+    for hop in loss.discriminator_cqt_hops:
+        if hop <= 0 or hop % 2 ** (octaves - 1):
+            raise ConfigError(f"loss.discriminator_cqt_hops: {hop} must be a positive multiple of 2^(octaves - 1) = "
+                              f"{2 ** (octaves - 1)} ({octaves} octaves from {loss.discriminator_cqt_fmin:g} Hz fit "
+                              f"below {config.model.sample_rate / 2:g} Hz)")
+
+
 def validate(config: Config) -> None:
     """Fail early, with a message naming the key, on values that cannot train."""
     model, rate_config, train = config.model, config.rate, config.train
@@ -432,6 +462,7 @@ def validate(config: Config) -> None:
                           "rate.calibrate_batch >= 1")
     if rate_config.kl_lambda is not None and not rate_config.kl_lambda > 0:
         raise ConfigError(f"rate.kl_lambda={rate_config.kl_lambda}: the weight per nat squared must be positive")
+    _validate_discriminators(config)
     if not 0 <= config.data.valid_percent < 100:
         raise ConfigError(f"data.valid_percent={config.data.valid_percent}: must be in [0, 100)")
 

@@ -30,7 +30,7 @@ from targetkl.inference import CodecRunner, choose_device
 from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
                              lsgan_generator_loss)
 from targetkl.models.codec import Codec
-from targetkl.models.discriminators import Discriminator
+from targetkl.models.discriminators import build_discriminator
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
 from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
                                        state_dict_for_file)
@@ -125,8 +125,7 @@ class Trainer:
         self.discriminator = None
         self.disc_optimizer = None
         if config.loss.adversarial:
-            self.discriminator = Discriminator(config.loss.discriminator_periods,
-                                               config.loss.discriminator_stft_windows).to(self.device)
+            self.discriminator = build_discriminator(config.loss, config.model.sample_rate).to(self.device)
             self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.loss.discriminator_lr,
                                                     betas=train.betas)
         self.training_model = self.model
@@ -336,8 +335,9 @@ class Trainer:
         if self.held_out_set is None:
             return {}
         model = self.ema if self.ema is not None else self.model
-        return measure_rate_and_distortion(model, self.held_out_set.clips, self.device,
-                                           batch_size=self.config.train.batch_size)
+        result = measure_rate_and_distortion(model, self.held_out_set.clips, self.device,
+                                             batch_size=self.config.train.batch_size)
+        return {key: value for key, value in result.items() if isinstance(value, (int, float))}
 
     def run(self) -> TrainResult:
         """Train to ``train.steps`` (resuming from the run's checkpoint), holding the run folder's lock."""
