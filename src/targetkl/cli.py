@@ -61,6 +61,13 @@ def _resolve_training_config(args: argparse.Namespace):
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.kind == "speech":
+        from targetkl.data.speech import write_speech_corpus
+
+        out = write_speech_corpus(args.out, clips=args.clips, sample_rate=args.sample_rate, seed=args.seed,
+                                  progress=not args.quiet)
+        print(f"wrote {args.clips} spoken clips, captions.jsonl (the spoken text) and grammar.jsgf to {out}")
+        return 0
     from targetkl.data.corpus import write_corpus
 
     out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
@@ -344,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "OUT/captions.jsonl with one truthful caption per clip and OUT/corpus.json "
                                         "with the settings. Seeded: the same arguments give the same files.")
     corpus.add_argument("out", help="output folder")
+    corpus.add_argument("--kind", choices=("sounds", "speech"), default="sounds",
+                        help="sounds: the synthesized demo sounds (default); speech: sentences of a small grammar "
+                             "spoken by espeak-ng in several voices, the caption being the text (eval and sweep "
+                             "then report wer and cer); --seconds and --snr-db apply to sounds only")
     corpus.add_argument("--clips", type=int, default=300, help="number of clips (default: 300)")
     corpus.add_argument("--seconds", type=float, default=1.0, help="clip length in seconds (default: 1.0)")
     corpus.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default: 16000)")

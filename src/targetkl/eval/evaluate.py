@@ -8,6 +8,7 @@ from pathlib import Path
 
 from targetkl.config import Config
 from targetkl.data import load_folder
+from targetkl.eval.asr import recognizer_for
 from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
 from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.models.codec import Codec
@@ -21,7 +22,7 @@ def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptua
     held_out = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
                            config.data.loudness_dbfs, progress=False)
     result = measure_rate_and_distortion(model, held_out.clips, perceptual=perceptual, progress=progress,
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, recognizer=recognizer_for(data_dir))
     target = config.rate.target_kbps if config.model.bottleneck == "vae" and config.rate.controller != "fixed" else None
     if config.model.bottleneck == "rvq":
         target = result["rate_kbps"]

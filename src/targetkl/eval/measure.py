@@ -45,14 +45,16 @@ def reconstruct(model: Codec, audio: np.ndarray,
 
 def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device: torch.device | str | None = None,
                                 perceptual: bool = False, progress: bool = False,
-                                batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, float]:
+                                batch_size: int = DEFAULT_BATCH_SIZE, recognizer=None) -> dict[str, float]:
     """Held-out rate (``rate_kbps``: total bits over all frames, in eval mode), mean distortion and
     :func:`latent_use`.
 
     The rate is ``frame_rate * mean_t(bits_t) / 1000`` over every frame of every clip. ``clips`` may be
     read lazily (``AudioSet.clips``): they are taken ``batch_size`` at a time, so memory holds one batch
     (and the first clip, for the last pair of :func:`latent_use`). Batches give the numbers of one clip
-    at a time up to float rounding.
+    at a time up to float rounding. With a ``recognizer`` (``eval.asr.SpeechRecognizer``) each captioned
+    clip's decode, and its original, are transcribed and scored against the caption (``wer``, ``cer``,
+    ``wer_original``, ``cer_original``, pooled over clips).
     """
     runner = CodecRunner(model, device, batch_size)
     total_bits, total_frames, rows = 0.0, 0, []
@@ -60,11 +62,14 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
     first = previous = None
     bar = tqdm(total=len(clips), desc="evaluating", disable=not progress, leave=False)
     for batch in _clip_batches(clips, batch_size, int(MAX_BATCH_SECONDS * model.sample_rate)):
-        decoded, encoded = runner.reconstruct(batch)
-        for audio, decode, code in zip(batch, decoded, encoded):
+        decoded, encoded = runner.reconstruct([clip.audio for clip in batch])
+        for clip, decode, code in zip(batch, decoded, encoded):
+            audio = clip.audio
             total_bits += float(code.bits_per_frame.sum())
             total_frames += code.frames
             rows.append(clip_metrics(audio, decode, model.sample_rate, perceptual))
+            if recognizer is not None and clip.caption:
+                rows[-1].update(recognizer.clip_errors(clip.caption, audio, decode, model.sample_rate, clip.path))
             if previous is not None:
                 decodes, inputs = _pair_distances(previous, (audio, decode), model.sample_rate)
                 between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs
@@ -87,16 +92,16 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
 
 
 def _clip_batches(clips: Sequence[AudioClip], batch_size: int, max_samples: int):
-    """Lists of at most ``batch_size`` clips' audio and at most ``max_samples`` samples (at least one clip),
-    read in order."""
+    """Lists of at most ``batch_size`` clips and at most ``max_samples`` samples (at least one clip), each
+    clip read once, in order."""
     batch, samples = [], 0
     for index in range(len(clips)):
-        audio = clips[index].audio
-        if batch and (len(batch) >= batch_size or samples + len(audio) > max_samples):
+        clip = clips[index]
+        if batch and (len(batch) >= batch_size or samples + len(clip.audio) > max_samples):
             yield batch
             batch, samples = [], 0
-        batch.append(audio)
-        samples += len(audio)
+        batch.append(clip)
+        samples += len(clip.audio)
     if batch:
         yield batch
 

@@ -172,8 +172,11 @@ AGGREGATION = {"mel_distance": "mean over clips", "stft_distance": "mean over cl
                "si_sdr": "median over clips (dB; a mean is dominated by quiet clips' very negative values)",
                "pesq": "mean over scored clips", "stoi": "mean over scored clips", "visqol": "mean over scored clips",
                "wer": "pooled: word edits over all clips / reference words over all clips",
-               "cer": "pooled: character edits over all clips / reference characters over all clips"}
-POOLED = {"wer": ("wer_edits", "wer_words"), "cer": ("cer_edits", "cer_chars")}
+               "cer": "pooled: character edits over all clips / reference characters over all clips",
+               "wer_original": "pooled, as wer, for the original audio (the recognizer's own error)",
+               "cer_original": "pooled, as cer, for the original audio"}
+POOLED = {"wer": ("wer_edits", "wer_words"), "cer": ("cer_edits", "cer_chars"),
+          "wer_original": ("wer_original_edits", "wer_words"), "cer_original": ("cer_original_edits", "cer_chars")}
 
 
 def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -182,11 +185,12 @@ def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for row in rows for k in row}
     counts = {count for pair in POOLED.values() for count in pair}
     out = {}
+    for key, (edits_key, total_key) in POOLED.items():
+        scored = [row for row in rows if edits_key in row]
+        if scored:
+            total = sum(row[total_key] for row in scored)
+            out[key] = sum(row[edits_key] for row in scored) / total if total else math.nan
     for key in sorted(keys - counts):
-        if key in POOLED:
-            edits, total = (sum(row.get(name, 0.0) for row in rows) for name in POOLED[key])
-            out[key] = edits / total if total else math.nan
-            continue
         values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
         average = np.median if key == "si_sdr" else np.mean
         out[key] = float(average(values)) if values else math.nan

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
 
-METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
+METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer")
+SPEECH_REFERENCE = ("wer_original", "cer_original")  # the recognizer's error on the originals (speech sources)
+ROW_METRICS = METRICS + SPEECH_REFERENCE
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
-           *METRICS, "latent_use", "run")
+           *ROW_METRICS, "latent_use", "run")
 SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)",
                 "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
@@ -77,6 +79,11 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
                 style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
                 axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system),
                           linewidth=2 if system == "vae" else 1)
+        originals = [r[f"{metric}_original"] for r in rated if _has_value(r.get(f"{metric}_original"))]
+        if originals:
+            axis.axhline(float(sum(originals) / len(originals)), linestyle=":", color="gray",
+                         label="original audio (the recognizer's own error)")
+            axis.legend(fontsize=8)
         axis.set_xscale("log")
         axis.set_xlabel("measured rate (kbps, held-out)")
         better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"

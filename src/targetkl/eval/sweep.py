@@ -26,10 +26,11 @@ from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import write_example_clips
+from targetkl.eval.asr import recognizer_for
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
 from targetkl.eval.measure import measure_rate_and_distortion
 from targetkl.eval.metrics import aggregate_metrics, clip_metrics
-from targetkl.eval.report import METRICS, write_report
+from targetkl.eval.report import ROW_METRICS, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
 from targetkl.fileio import read_json_or_none, write_text_atomic
@@ -132,6 +133,7 @@ class Sweep:
             self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
             self.base.data.loudness_dbfs, progress=False).clips
         self.example_clips = self.held_out[:example_clips]
+        self.recognizer = recognizer_for(self.data)  # speech sources: wer and cer of every system
         self.trained: list[str] = []
 
     def config_for(self, point: SweepPoint) -> Config:
@@ -156,7 +158,8 @@ class Sweep:
         cache = run / "sweep_tkl.json"
         step = self._finished_step(run)
         cached = read_json_or_none(cache)
-        if cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual:
+        if (cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual
+                and cached.get("speech") == (self.recognizer is not None)):
             return cached
         loaded = load_run(run, self.device)
         sample_rate = loaded.config.model.sample_rate
@@ -173,7 +176,7 @@ class Sweep:
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
                "rate_error_percent": _rate_error_percent(rate_kbps, point.target_kbps),
                "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
-               "perceptual": self.perceptual,
+               "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(f"tkl-{point.label}", decoded, sample_rate),
                **self._distortion(decoded, sample_rate)}
         return _save_row(cache, row)
@@ -181,9 +184,13 @@ class Sweep:
     def _distortion(self, decoded: list[np.ndarray], sample_rate: int) -> dict[str, float]:
         """Each metric in ``METRICS`` over the held-out clips against their decoded versions, aggregated as
         ``metrics.AGGREGATION`` says (SI-SDR: the median)."""
-        metrics = aggregate_metrics([clip_metrics(clip.audio, audio, sample_rate, self.perceptual)
-                                     for clip, audio in zip(self.held_out, decoded)])
-        return {k: metrics[k] for k in METRICS if k in metrics}
+        rows = []
+        for clip, audio in zip(self.held_out, decoded):
+            rows.append(clip_metrics(clip.audio, audio, sample_rate, self.perceptual))
+            if self.recognizer is not None and clip.caption:
+                rows[-1].update(self.recognizer.clip_errors(clip.caption, clip.audio, audio, sample_rate, clip.path))
+        metrics = aggregate_metrics(rows)
+        return {k: metrics[k] for k in ROW_METRICS if k in metrics}
 
     def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:
         """Write the decoded versions of the example clips (the first held-out ones) under ``audio/name``."""
@@ -196,21 +203,22 @@ class Sweep:
         finished = self._finished_step(run) == config.train.steps
         cached = read_json_or_none(cache) if finished else None
         if (cached is not None and cached.get("step") == config.train.steps
-                and cached.get("perceptual") == self.perceptual):
+                and cached.get("perceptual") == self.perceptual
+                and cached.get("speech") == (self.recognizer is not None)):
             return cached
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run().finished()
             self.trained.append(point.name)
         loaded = load_run(run, self.device)
         result = measure_rate_and_distortion(loaded.model, self.held_out, perceptual=self.perceptual,
-                                             batch_size=self.batch_size)
+                                             batch_size=self.batch_size, recognizer=self.recognizer)
         decoded = CodecRunner(loaded.model, batch_size=self.batch_size).reconstruct(
             [clip.audio for clip in self.example_clips])[0]
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
                "rate_kbps": result["rate_kbps"], "run": str(run), "step": loaded.step,
-               "perceptual": self.perceptual,
+               "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, config.model.sample_rate),
-               "latent_use": result["latent_use"], **{k: result[k] for k in METRICS if k in result}}
+               "latent_use": result["latent_use"], **{k: result[k] for k in ROW_METRICS if k in result}}
         if point.system == "ae":
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
@@ -228,6 +236,7 @@ class Sweep:
         cache = self.out / "classic" / f"{point.name}.json"
         cached = read_json_or_none(cache)
         if (cached is not None and cached.get("perceptual") == self.perceptual
+                and cached.get("speech") == (self.recognizer is not None)
                 and cached.get("clips") == len(self.held_out)):
             return cached
         sample_rate = self.base.model.sample_rate
@@ -237,6 +246,7 @@ class Sweep:
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
                "rate_kbps": measured, "rate_error_percent": _rate_error_percent(measured, point.target_kbps),
                "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
+               "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, sample_rate),
                **self._distortion(decoded, sample_rate)}
         return _save_row(cache, row)
