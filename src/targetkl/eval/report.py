@@ -200,8 +200,11 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
     out.mkdir(parents=True, exist_ok=True)
     public = [{k: v for k, v in r.items() if k != "perceptual"} for r in rows]
     write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
+    from targetkl.eval.metrics import AGGREGATION
+
     write_text_atomic(out / "sweep.json", json.dumps({"preset": preset, "data": str(Path(data).resolve()),
-                                                      "originals": originals}, indent=2) + "\n")
+                                                      "originals": originals, "aggregation": AGGREGATION},
+                                                     indent=2) + "\n")
     write_csv(out / "rd.csv", public)
     write_bytes_atomic(out / "rd.png", plot_rate_distortion(public))
     refresh_report(out)
