@@ -22,7 +22,7 @@ import torch
 
 from targetkl.config import resolve
 from targetkl.losses import ReconstructionLoss
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 from targetkl.train.trainer import choose_device
 
 
@@ -30,7 +30,7 @@ def measure(preset: str, steps: int, device_name: str) -> dict:
     config = resolve(preset, flags={"train.device": device_name})
     device = choose_device(config.train.device)
     torch.manual_seed(0)
-    model = Codec(config).to(device).train()
+    model = build_codec(config).to(device).train()
     loss_config = config.loss
     reconstruction = ReconstructionLoss(config.model.sample_rate, loss_config.mel_windows, loss_config.stft_windows,
                                         loss_config.mel_weight, loss_config.stft_weight,

@@ -22,7 +22,7 @@ import time
 import torch
 
 from targetkl.config import resolve
-from targetkl.models.codec import Codec
+from targetkl.models.codec import Codec, build_codec
 
 # Oobleck's latent width is tied to its encoder width (``encoder_hidden_size / 2``), so the matched
 # configurations use that latent width for both models.
@@ -34,7 +34,7 @@ CONFIGS = {
 
 def build_ours(shape: dict) -> Codec:
     config = resolve("tiny", flags={f"model.{k}": v for k, v in shape.items()})
-    return Codec(config)
+    return build_codec(config)
 
 
 def build_reference(shape: dict):

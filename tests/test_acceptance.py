@@ -21,7 +21,7 @@ import torch
 
 from targetkl.config import resolve
 from targetkl.eval.evaluate import evaluate_model
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def test_two_kbps_lands_within_five_percent_and_reconstructs(vae, demo_corpus):
     assert abs(result["rate_kbps"] - 2.0) / 2.0 < 0.05, result
     config = resolve("tiny", flags={"rate.target_kbps": 2.0})
     torch.manual_seed(config.train.seed)
-    untrained = evaluate_model(Codec(config).eval(), config, demo_corpus, perceptual=False, progress=False)
+    untrained = evaluate_model(build_codec(config).eval(), config, demo_corpus, perceptual=False, progress=False)
     print(f"2 kbps: measured {result['rate_kbps']:.4f} kbps, mel {result['mel_distance']:.3f} "
           f"vs untrained {untrained['mel_distance']:.3f}")
     assert result["mel_distance"] < 0.5 * untrained["mel_distance"]

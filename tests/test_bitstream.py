@@ -7,7 +7,7 @@ import torch
 from targetkl.bitstream import (BitstreamError, HEADER, code_length_bits, compress, decompress, quantization_steps,
                                 rate_matched_steps, read_symbols)
 from targetkl.bottlenecks.gaussian import gaussian_kl_per_value
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 
 from conftest import quick_config
 
@@ -15,7 +15,7 @@ from conftest import quick_config
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return Codec(quick_config()).eval()
+    return build_codec(quick_config()).eval()
 
 
 def _tone(seconds=0.5, sample_rate=16000):
@@ -74,7 +74,7 @@ def test_damaged_and_foreign_files_are_refused(model):
     with pytest.raises(BitstreamError, match="not a .tkl"):
         read_symbols(model, b"RIFF" + data[4:])
     torch.manual_seed(1)
-    other = Codec(quick_config()).eval()
+    other = build_codec(quick_config()).eval()
     with pytest.raises(BitstreamError, match="another model"):
         read_symbols(other, data)
     rng = np.random.default_rng(0)

@@ -143,3 +143,53 @@ def test_calibration_moves_the_crop_goal_until_whole_clips_meet_the_target():
     fixed = build_controller(RateConfig(controller="fixed"), 10.0)
     fixed.calibrate(whole_clip_kl=20.0, gain=0.5)
     assert float(fixed.offset) == 0.0
+
+
+def test_a_registered_toy_controller_trains_without_touching_trainer_config_or_cli(small_corpus, tmp_path):
+    import json
+
+    from conftest import quick_config
+    from targetkl.control import CONTROLLERS, KLController, register_controller
+    from targetkl.train.trainer import Trainer
+
+    @register_controller
+    class HalfDistance(KLController):
+        """weight * |KL - goal| / 2: a controller no module of the package knows."""
+
+        name = "toy-half-distance"
+
+        def penalty(self, kl):
+            return 0.5 * (kl - self.goal()).abs().mean()
+
+    try:
+        config = quick_config(rate={"controller": "toy-half-distance"}, train={"steps": 2, "checkpoint_every": 2})
+        trainer = Trainer(config, small_corpus, tmp_path / "toy", progress=False)
+        assert isinstance(trainer.model.bottleneck.rate_controller, HalfDistance)
+        trainer.run()
+        rows = [json.loads(line) for line in (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [row for row in rows if row["split"] == "train"]
+        assert [row["step"] for row in train_rows] == [1, 2]
+        assert all(row["loss/rate_penalty"] > 0 for row in train_rows)  # quick_config has no free start
+    finally:
+        CONTROLLERS.pop("toy-half-distance")
+
+
+def test_rate_control_imports_nothing_from_train():
+    import ast
+    from pathlib import Path
+
+    import targetkl.control
+
+    tree = ast.parse(Path(targetkl.control.__file__).read_text())
+    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [name for name in imported if name and name.startswith("targetkl.train")]
+
+
+def test_unknown_controller_and_bottleneck_list_the_registry():
+    from targetkl.config import ConfigError, resolve
+
+    with pytest.raises(ConfigError, match="choose one of .*lagrange"):
+        resolve("tiny", assignments=["rate.controller=nope"])
+    with pytest.raises(ConfigError, match="choose one of vae, rvq, ae"):
+        resolve("tiny", assignments=["model.bottleneck=nope"])

@@ -101,9 +101,9 @@ def test_windows_read_from_disk_equal_the_whole_file(tmp_path):
 def test_chunked_and_batched_inference_equal_whole_file_processing():
     config = quick_config()
     torch.manual_seed(0)
-    from targetkl.models.codec import Codec
+    from targetkl.models.codec import build_codec
 
-    model = Codec(config).eval()
+    model = build_codec(config).eval()
     rng = np.random.default_rng(0)
     audios = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000 * 5 + 123, 16000 * 3, 16000 * 3, 500)]
     whole = [CodecRunner(model, batch_size=1, chunk_seconds=1000).reconstruct([a]) for a in audios]
@@ -186,7 +186,7 @@ def test_long_file_round_trips_in_chunks_through_the_cli(tmp_path):
 
 def test_the_paper_preset_has_its_shape_and_trains_two_steps(tmp_path, small_corpus):
     from targetkl.config import ConfigError, resolve, with_target_nats
-    from targetkl.models.codec import Codec
+    from targetkl.models.codec import build_codec
     from targetkl.train.trainer import Trainer
 
     config = resolve("dacvae-48k")
@@ -203,7 +203,7 @@ def test_the_paper_preset_has_its_shape_and_trains_two_steps(tmp_path, small_cor
         "rate.calibrate_clips=1", "rate.calibrate_seconds=0.2", "rate.kl_lambda=2", "rate.controller=target",
         "rate.target_kbps=0.5", "loss.discriminator_periods=2,3", "loss.discriminator_stft_windows=512"])
     torch.manual_seed(0)
-    assert Codec(small).hop == 1200
+    assert build_codec(small).hop == 1200
     result = Trainer(small, small_corpus, tmp_path / "paper", progress=False).run()
     assert result.step == 2 and math.isfinite(result.last_metrics["loss"])
     assert result.last_metrics["loss/rate_penalty"] >= 0

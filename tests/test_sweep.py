@@ -13,7 +13,7 @@ import torch
 from conftest import chromium_dom, chromium_flags
 from targetkl.config import resolve
 from targetkl.eval.sweep import SweepError, plan_sweep, run_sweep, rvq_layout
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 
 QUICK = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=2", "train.warmup_steps=1",
          "model.encoder_dim=4", "model.decoder_dim=8", "loss.mel_windows=[128,256]", "loss.stft_windows=[256]"]
@@ -31,7 +31,7 @@ def test_rvq_model_built_from_the_plan_reports_the_target_rate():
     points = plan_sweep([1.0, 4.0], ["rvq"], 50.0)
     for point in [p for p in points if p.system == "rvq"]:
         config = resolve("tiny", flags=point.flags)
-        model = Codec(config).eval()
+        model = build_codec(config).eval()
         with torch.no_grad():
             encoded = model.encode(torch.zeros(1, 1, 3200))
         measured = float(encoded.bits_per_frame.mean()) * config.model.frame_rate / 1000

@@ -92,7 +92,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _resolve_training_config(args)
     context = init_from_environment()
-    target = f"{config.rate.target_kbps:g} kbps" if config.model.bottleneck == "vae" else config.model.bottleneck
+    from targetkl.bottlenecks.factory import bottleneck_kind
+
+    targeted = bottleneck_kind(config.model.bottleneck).targets_rate(config)
+    target = f"{config.rate.target_kbps:g} kbps" if targeted else config.model.bottleneck
     if context.is_main:
         log.info("training %s: preset %s, %s, %d steps, frame rate %g Hz%s", args.out, config.preset, target,
                  config.train.steps, config.model.frame_rate,
@@ -389,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-lambda", type=float, default=None,
                        help="the paper's squared loss lambda*(KL - KL_target)^2 with lambda per nat squared "
                             "(e.g. 1, 2 or 10); implies --kl-control target")
-    train.add_argument("--bottleneck", choices=["vae", "rvq", "ae"], default=None, help="bottleneck type (default vae)")
-    train.add_argument("--kl-control", choices=["target", "pi", "lagrange", "fixed", "capacity"], default=None,
-                       help="rate controller for vae (default lagrange: the target-KL loss plus a multiplier "
-                            "that removes its offset)")
+    train.add_argument("--bottleneck", default=None, metavar="NAME",
+                       help="a registered bottleneck: vae (default), rvq, ae, or one added with "
+                            "targetkl.bottlenecks.factory.register_bottleneck; a wrong name lists them")
+    train.add_argument("--kl-control", default=None, metavar="NAME",
+                       help="a registered rate controller for vae: lagrange (default: the target-KL loss plus a "
+                            "multiplier that removes its offset), target, pi, capacity, fixed, or one added with "
+                            "targetkl.control.register_controller; a wrong name lists them")
     train.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     train.add_argument("--seed", type=int, default=None, help="random seed")
     train.add_argument("--batch-size", type=int, default=None, help="clips per batch")

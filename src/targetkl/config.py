@@ -19,8 +19,6 @@ from typing import Any
 from targetkl.errors import UserError
 from targetkl import rate
 
-BOTTLENECKS = ("vae", "rvq", "ae")
-CONTROLLERS = ("target", "fixed", "capacity", "pi", "lagrange")
 
 
 class ConfigError(UserError, ValueError):
@@ -415,8 +413,10 @@ def _validate_discriminators(config: Config) -> None:
 def validate(config: Config) -> None:
     """Fail early, with a message naming the key, on values that cannot train."""
     model, rate_config, train = config.model, config.rate, config.train
-    if model.bottleneck not in BOTTLENECKS:
-        raise ConfigError(f"model.bottleneck={model.bottleneck!r}: choose one of {', '.join(BOTTLENECKS)}")
+    from targetkl.bottlenecks.factory import bottleneck_kind
+    from targetkl.control import CONTROLLERS
+
+    kind = bottleneck_kind(model.bottleneck)
     if rate_config.controller not in CONTROLLERS:
         raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
     if rate_config.scope not in ("batch", "clip"):
@@ -433,19 +433,7 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
             f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
-    if model.bottleneck == "vae" and rate_config.controller != "fixed":
-        target = rate_config.target_kbps
-        if target is None or not (target > 0 and math.isfinite(target)):
-            raise ConfigError(f"rate.target_kbps={rate_config.target_kbps}: a target bitrate must be positive")
-        bits_per_value = 16.0
-        ceiling = rate.bits_per_frame_to_kbps(model.latent_dim * bits_per_value, model.frame_rate)
-        if rate_config.target_kbps > ceiling:
-            raise ConfigError(
-                f"rate.target_kbps={rate_config.target_kbps} is above what {model.latent_dim} latent channels at "
-                f"{model.frame_rate:g} Hz can usefully carry (~{ceiling:g} kbps at 16 bits per value); "
-                "lower the target or widen model.latent_dim")
-    if model.bottleneck == "rvq" and (model.rvq_codebooks <= 0 or model.rvq_codebook_size < 2):
-        raise ConfigError("model.rvq_codebooks must be >= 1 and model.rvq_codebook_size >= 2")
+    kind.validate(config)
     if train.steps < 0 or train.batch_size <= 0 or train.grad_accum <= 0:
         raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
     if train.lr <= 0:

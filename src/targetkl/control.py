@@ -52,8 +52,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from targetkl.collectives import mean_over_ranks
 from targetkl.config import RateConfig
-from targetkl.train.distributed import mean_over_ranks
 
 
 def free_start_ramp(forwards: int, free_steps: int, warmup_steps: int) -> float:
@@ -67,11 +67,27 @@ def free_start_ramp(forwards: int, free_steps: int, warmup_steps: int) -> float:
     return min(1.0, past / warmup_steps)
 
 
+CONTROLLERS: dict[str, type[KLController]] = {}
+
+
+def register_controller(cls: type[KLController]) -> type[KLController]:
+    """Class decorator: make ``cls`` selectable as ``rate.controller = cls.name`` (config validation, the CLI,
+    ``sanity`` and the sweep read this registry). Its constructor takes ``(RateConfig, target_nats)``."""
+    CONTROLLERS[cls.name] = cls
+    return cls
+
+
 class KLController(nn.Module):
-    """Base class. ``forward(kl_per_frame)`` returns the penalty and updates state when training."""
+    """Base class. ``forward(kl_per_frame)`` returns the penalty and updates state when training.
+
+    A subclass sets ``name``, implements :meth:`penalty` (and :meth:`update` for feedback state) and is
+    registered with :func:`register_controller`. ``has_goal = False`` for one without a target rate;
+    ``sanity_settings`` are the ``RateConfig`` values it uses on the Shannon-limit check's source.
+    """
 
     name = "base"
     has_goal = True
+    sanity_settings: dict = {}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__()
@@ -184,8 +200,10 @@ class KLController(nn.Module):
         return value
 
 
+@register_controller
 class FixedBeta(KLController):
     name = "fixed"
+    sanity_settings = {"beta": 0.5}
     has_goal = False
 
     def __init__(self, config: RateConfig, target_nats: float | None):
@@ -202,11 +220,13 @@ class FixedBeta(KLController):
         return {"control/beta": self.beta}
 
 
+@register_controller
 class TargetKL(KLController):
     """``weight * ((KL - goal) / scale)^2``, or with ``rate.kl_lambda`` the paper's ``kl_lambda * (KL - goal)^2``
     in nats (a weight per nat squared)."""
 
     name = "target"
+    sanity_settings = {"weight": 7000.0}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
@@ -219,8 +239,10 @@ class TargetKL(KLController):
         return self.weight * ((kl - self.goal()) / self.scale()).pow(2).mean()
 
 
+@register_controller
 class Capacity(KLController):
     name = "capacity"
+    sanity_settings = {"weight": 20.0}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
@@ -243,8 +265,10 @@ class Capacity(KLController):
         return {"control/capacity_nats": self.capacity()}
 
 
+@register_controller
 class PIController(KLController):
     name = "pi"
+    sanity_settings = {"pi_kp": 0.5, "pi_ki": 0.05, "beta_max": 100.0}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
@@ -284,8 +308,10 @@ class PIController(KLController):
         return {"control/beta": float(self.beta)}
 
 
+@register_controller
 class Lagrange(KLController):
     name = "lagrange"
+    sanity_settings = {"weight": 70.0, "lagrange_lr": 0.05}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
@@ -313,14 +339,10 @@ class Lagrange(KLController):
         return {"control/multiplier": float(self.multiplier)}
 
 
-CONTROLLER_CLASSES: dict[str, type[KLController]] = {
-    cls.name: cls for cls in (FixedBeta, TargetKL, Capacity, PIController, Lagrange)
-}
-
-
 def build_controller(config: RateConfig, target_nats: float | None) -> KLController:
-    if config.controller not in CONTROLLER_CLASSES:
-        raise ValueError(f"unknown KL controller {config.controller!r}; choose one of {', '.join(CONTROLLER_CLASSES)}")
-    if config.controller != "fixed" and target_nats is None:
+    if config.controller not in CONTROLLERS:
+        raise ValueError(f"unknown KL controller {config.controller!r}; choose one of {', '.join(CONTROLLERS)}")
+    controller_class = CONTROLLERS[config.controller]
+    if controller_class.has_goal and target_nats is None:
         raise ValueError(f"the {config.controller!r} controller needs rate.target_kbps")
-    return CONTROLLER_CLASSES[config.controller](config, target_nats)
+    return controller_class(config, target_nats)

@@ -11,7 +11,7 @@ import torch
 from targetkl.config import Config, resolve
 from targetkl.data.corpus import write_corpus
 from targetkl.eval.evaluate import evaluate_model, evaluate_run, format_result
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 from targetkl.train.trainer import Trainer
 
 
@@ -31,7 +31,7 @@ def train_and_compare(config: Config, data: Path, run: Path, perceptual: bool = 
     seconds = time.time() - started
     trained = evaluate_run(run, data, perceptual=perceptual, progress=progress)
     torch.manual_seed(config.train.seed)
-    untrained = evaluate_model(Codec(config).eval(), config, data, perceptual=False, progress=False)
+    untrained = evaluate_model(build_codec(config).eval(), config, data, perceptual=False, progress=False)
     row = {"run": str(run), "target_kbps": trained["target_kbps"], "rate_kbps": trained["rate_kbps"],
            "rate_error_percent": trained["rate_error_percent"], "mel_distance": trained["mel_distance"],
            "mel_distance_untrained": untrained["mel_distance"], "si_sdr": trained["si_sdr"],

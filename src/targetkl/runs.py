@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from targetkl.config import Config, load_run_config
-from targetkl.models.codec import Codec
+from targetkl.models.codec import Codec, build_codec
 from targetkl.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_module
 
 
@@ -27,7 +27,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", use_ema: b
     folder = latest_checkpoint(run_dir)
     if folder is None:
         raise CheckpointError(f"{run_dir}: no checkpoint yet; train it first with `targetkl train --out {run_dir}`")
-    model = Codec(config)
+    model = build_codec(config)
     ema = folder / "ema.safetensors"
     weights = ema if use_ema and ema.is_file() else folder / "model.safetensors"
     load_module(model, weights)

@@ -24,22 +24,15 @@ from torch import nn
 from tqdm import tqdm
 
 from targetkl.bottlenecks.gaussian import GaussianBottleneck
-from targetkl.config import RateConfig
-from targetkl.control import build_controller
+from targetkl.config import ConfigError, RateConfig
+from targetkl.control import CONTROLLERS, build_controller
 
 LN2 = math.log(2.0)
 DEFAULT_VARIANCES = tuple(4.0 * 0.5 ** i for i in range(8))
 
-# Per-controller settings for this source: distortion is O(1) per vector and rates are a few nats, so the
-# squared (per relative error) and absolute losses need far larger weights than on audio to sit within
-# 1% of the target.
-CONTROLLER_SETTINGS: dict[str, dict] = {
-    "target": {"weight": 7000.0},
-    "capacity": {"weight": 20.0},
-    "pi": {"pi_kp": 0.5, "pi_ki": 0.05, "beta_max": 100.0},
-    "lagrange": {"weight": 70.0, "lagrange_lr": 0.05},
-    "fixed": {"beta": 0.5},
-}
+# Each controller brings its settings for this source (``KLController.sanity_settings``): distortion is
+# O(1) per vector and rates are a few nats, so the squared (per relative error) and absolute losses need
+# far larger weights than on audio to sit within 1% of the target.
 
 
 def reverse_water_filling(variances: list[float] | tuple[float, ...], rate_bits: float) -> tuple[float, float]:
@@ -98,7 +91,7 @@ def train_one(controller: str, target_bits: float, config: SanityConfig) -> dict
     generator = torch.Generator().manual_seed(config.seed)
     variances = torch.tensor(config.variances, dtype=torch.float64)
     rate = RateConfig(controller=controller, scope="batch", edge_frames=0, free_steps=0,
-                      warmup_steps=config.steps // 20, **CONTROLLER_SETTINGS[controller])
+                      warmup_steps=config.steps // 20, **CONTROLLERS[controller].sanity_settings)
     model = LinearGaussianVAE(len(variances), rate, target_bits * LN2)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -127,9 +120,9 @@ def run_sanity(controllers: list[str], rates_bits: list[float], config: SanityCo
                progress: bool = True) -> list[dict]:
     """One row per controller and target rate (bits per vector)."""
     config = config or SanityConfig()
-    unknown = [c for c in controllers if c not in CONTROLLER_SETTINGS]
+    unknown = [c for c in controllers if c not in CONTROLLERS]
     if unknown:
-        raise ValueError(f"unknown controller {', '.join(unknown)}; choose from {', '.join(CONTROLLER_SETTINGS)}")
+        raise ConfigError(f"--controllers: unknown {', '.join(unknown)}; choose from {', '.join(CONTROLLERS)}")
     jobs = [(c, r) for c in controllers for r in rates_bits]
     return [train_one(c, r, config) for c, r in tqdm(jobs, desc="sanity", disable=not progress)]
 

@@ -32,10 +32,31 @@ class BottleneckOutput:
 
 
 class Bottleneck(nn.Module):
-    """``forward(h: (B, input_channels, F)) -> BottleneckOutput`` with ``z`` of ``latent_dim`` channels."""
+    """``forward(h: (B, input_channels, F)) -> BottleneckOutput`` with ``z`` of ``latent_dim`` channels.
+
+    What differs between bottlenecks is asked of the bottleneck, never decided by its name:
+    ``rate_controller`` (the KL controller that the trainer's calibration feeds, or ``None``),
+    ``noise_values_per_frame`` (posterior noise values one training forward draws per clip and frame,
+    so each process of a data-parallel run can skip the other ranks' share), ``stores_posterior`` (what
+    ``pre-encode`` keeps: posterior mean and std, or the latent alone) and ``target_kbps`` (what ``eval``
+    compares the measured rate with).
+    """
 
     input_channels: int
     latent_dim: int
+    stores_posterior = False
+
+    @property
+    def rate_controller(self):
+        return None
+
+    @property
+    def noise_values_per_frame(self) -> int:
+        return 0
+
+    def target_kbps(self, configured_kbps: float | None, measured_kbps: float) -> float | None:
+        """The rate this bottleneck was asked for, to report next to the measured one (``None``: none)."""
+        return None
 
     def forward(self, h: torch.Tensor) -> BottleneckOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -1,25 +1,102 @@
-"""Build the bottleneck a config asks for."""
+"""The bottleneck registry: each kind is one class plus one entry here, named by ``model.bottleneck``.
+
+An entry builds the bottleneck from a config, checks the settings it reads (``ConfigError`` naming the
+key), and says whether ``rate.target_kbps`` applies to it. Nothing outside ``bottlenecks/`` asks which
+kind it holds: it asks the entry, or the built bottleneck (see ``Bottleneck``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from targetkl import rate
 from targetkl.bottlenecks.base import Bottleneck
-from targetkl.config import Config
+from targetkl.config import Config, ConfigError
+
+
+@dataclass(frozen=True)
+class BottleneckKind:
+    name: str
+    build: Callable[[Config], Bottleneck]
+    validate: Callable[[Config], None]
+    targets_rate: Callable[[Config], bool]  # does this config train to rate.target_kbps?
+    summary: str
+
+
+BOTTLENECKS: dict[str, BottleneckKind] = {}
+
+
+def register_bottleneck(kind: BottleneckKind) -> BottleneckKind:
+    BOTTLENECKS[kind.name] = kind
+    return kind
+
+
+def bottleneck_kind(name: str) -> BottleneckKind:
+    if name not in BOTTLENECKS:
+        raise ConfigError(f"model.bottleneck={name!r}: choose one of {', '.join(BOTTLENECKS)}")
+    return BOTTLENECKS[name]
 
 
 def build_bottleneck(config: Config) -> Bottleneck:
+    return bottleneck_kind(config.model.bottleneck).build(config)
+
+
+def _controller_class(config: Config):
+    from targetkl.control import CONTROLLERS
+
+    if config.rate.controller not in CONTROLLERS:
+        raise ConfigError(f"rate.controller={config.rate.controller!r}: choose one of {', '.join(CONTROLLERS)}")
+    return CONTROLLERS[config.rate.controller]
+
+
+def _build_gaussian(config: Config) -> Bottleneck:
     from targetkl.bottlenecks.gaussian import GaussianBottleneck
-    from targetkl.bottlenecks.identity import IdentityBottleneck
-    from targetkl.bottlenecks.rvq import RVQBottleneck
     from targetkl.control import build_controller
 
+    controller = build_controller(config.rate, config.target_nats_per_frame)
+    return GaussianBottleneck(config.model.latent_dim, controller, config.model.sigma_eps)
+
+
+def _validate_gaussian(config: Config) -> None:
+    if not _controller_class(config).has_goal:
+        return
+    model, target = config.model, config.rate.target_kbps
+    if target is None or not (target > 0 and target < float("inf")):
+        raise ConfigError(f"rate.target_kbps={target}: a target bitrate must be positive")
+    bits_per_value = 16.0
+    ceiling = rate.bits_per_frame_to_kbps(model.latent_dim * bits_per_value, model.frame_rate)
+    if target > ceiling:
+        raise ConfigError(
+            f"rate.target_kbps={target} is above what {model.latent_dim} latent channels at "
+            f"{model.frame_rate:g} Hz can usefully carry (~{ceiling:g} kbps at 16 bits per value); "
+            "lower the target or widen model.latent_dim")
+
+
+def _build_rvq(config: Config) -> Bottleneck:
+    from targetkl.bottlenecks.rvq import RVQBottleneck
+
     model = config.model
-    if model.bottleneck == "vae":
-        controller = build_controller(config.rate, config.target_nats_per_frame)
-        return GaussianBottleneck(model.latent_dim, controller, model.sigma_eps)
-    if model.bottleneck == "rvq":
-        return RVQBottleneck(model.latent_dim, model.rvq_codebooks, model.rvq_codebook_size, model.rvq_codebook_dim,
-                             model.quantizer_dropout, model.commitment_weight, model.codebook_weight,
-                             config.rate.free_steps, config.rate.warmup_steps)
-    if model.bottleneck == "ae":
-        return IdentityBottleneck(model.latent_dim)
-    raise ValueError(f"unknown bottleneck {model.bottleneck!r}; choose vae, rvq or ae")
+    return RVQBottleneck(model.latent_dim, model.rvq_codebooks, model.rvq_codebook_size, model.rvq_codebook_dim,
+                         model.quantizer_dropout, model.commitment_weight, model.codebook_weight,
+                         config.rate.free_steps, config.rate.warmup_steps)
+
+
+def _validate_rvq(config: Config) -> None:
+    if config.model.rvq_codebooks <= 0 or config.model.rvq_codebook_size < 2:
+        raise ConfigError("model.rvq_codebooks must be >= 1 and model.rvq_codebook_size >= 2")
+
+
+def _build_identity(config: Config) -> Bottleneck:
+    from targetkl.bottlenecks.identity import IdentityBottleneck
+
+    return IdentityBottleneck(config.model.latent_dim)
+
+
+register_bottleneck(BottleneckKind(
+    "vae", _build_gaussian, _validate_gaussian, lambda config: _controller_class(config).has_goal,
+    "Gaussian posterior, its KL rate-controlled by rate.controller"))
+register_bottleneck(BottleneckKind(
+    "rvq", _build_rvq, _validate_rvq, lambda config: False, "residual vector quantizer (DAC/EnCodec style)"))
+register_bottleneck(BottleneckKind(
+    "ae", _build_identity, lambda config: None, lambda config: False, "identity: a plain autoencoder"))

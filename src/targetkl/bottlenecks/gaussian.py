@@ -42,6 +42,20 @@ class GaussianBottleneck(Bottleneck):
         self.sigma_eps = sigma_eps
         self.controller = controller
 
+    stores_posterior = True
+
+    @property
+    def rate_controller(self) -> KLController:
+        return self.controller
+
+    @property
+    def noise_values_per_frame(self) -> int:
+        return self.latent_dim
+
+    def target_kbps(self, configured_kbps: float | None, measured_kbps: float) -> float | None:
+        """The configured target, unless the controller has none (a fixed beta lands where it lands)."""
+        return configured_kbps if self.controller.has_goal else None
+
     def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2D, F)`` -> mean and std, each ``(B, D, F)``, computed in float32."""
         mean, raw_scale = h.float().chunk(2, dim=1)

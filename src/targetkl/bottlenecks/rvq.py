@@ -124,6 +124,10 @@ class RVQBottleneck(Bottleneck):
             return 1.0
         return free_start_ramp(int(self.forwards), self.free_steps, self.warmup_steps)
 
+    def target_kbps(self, configured_kbps: float | None, measured_kbps: float) -> float | None:
+        """A fixed-rate code: its own rate is its target."""
+        return measured_kbps
+
     def forward(self, h: torch.Tensor) -> BottleneckOutput:
         h = h.float()
         batch, _, frames = h.shape

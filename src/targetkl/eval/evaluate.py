@@ -23,14 +23,12 @@ def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptua
                            config.data.loudness_dbfs, progress=False)
     result = measure_rate_and_distortion(model, held_out.clips, perceptual=perceptual, progress=progress,
                                          batch_size=batch_size, recognizer=recognizer_for(data_dir))
-    target = config.rate.target_kbps if config.model.bottleneck == "vae" and config.rate.controller != "fixed" else None
-    if config.model.bottleneck == "rvq":
-        target = result["rate_kbps"]
+    target = model.bottleneck.target_kbps(config.rate.target_kbps, result["rate_kbps"])
     result.update({
         "target_kbps": target,
         "rate_error_percent": (100 * (result["rate_kbps"] - target) / target) if target else None,
         "bottleneck": config.model.bottleneck,
-        "controller": config.rate.controller if config.model.bottleneck == "vae" else None,
+        "controller": config.rate.controller if model.bottleneck.rate_controller is not None else None,
         "sample_rate": config.model.sample_rate,
         "latent_dim": config.model.latent_dim,
         "data": str(data_dir),

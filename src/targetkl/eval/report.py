@@ -23,6 +23,7 @@ ROW_METRICS = METRICS + SPEECH_REFERENCE
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
            *ROW_METRICS, "latent_use", "run")
+TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
 SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)",
                 "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
@@ -78,7 +79,7 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
             if points:
                 style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
                 axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system),
-                          linewidth=2 if system == "vae" else 1)
+                          linewidth=2 if system == TARGET_KL_SYSTEM else 1)
         originals = [r[f"{metric}_original"] for r in rated if _has_value(r.get(f"{metric}_original"))]
         if originals:
             axis.axhline(float(sum(originals) / len(originals)), linestyle=":", color="gray",

@@ -30,7 +30,7 @@ from targetkl.eval.asr import recognizer_for
 from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
 from targetkl.eval.measure import measure_rate_and_distortion
 from targetkl.eval.metrics import aggregate_metrics, clip_metrics
-from targetkl.eval.report import ROW_METRICS, write_report
+from targetkl.eval.report import ROW_METRICS, TARGET_KL_SYSTEM, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
 from targetkl.fileio import read_json_or_none, write_text_atomic
@@ -54,7 +54,8 @@ class SweepPoint:
 
     ``flags`` are the config overrides of a trained point (``section.key -> value``); ``setting`` is a
     classic codec's setting. ``target_kbps`` is the rate asked for (``None`` for a fixed beta or a
-    plain autoencoder, whose rate nobody chose).
+    plain autoencoder, whose rate nobody chose). ``bitstream``: also measured as ``.tkl`` files (the
+    target-KL VAEs); ``rated``: has an honest bitrate (not a plain autoencoder's float latent).
     """
 
     system: str
@@ -62,6 +63,8 @@ class SweepPoint:
     target_kbps: float | None
     flags: dict[str, object] = field(default_factory=dict)
     setting: str | None = None
+    bitstream: bool = False
+    rated: bool = True
 
     @property
     def name(self) -> str:
@@ -91,7 +94,8 @@ def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas
         raise SweepError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     if not kbps or any(not (k > 0 and math.isfinite(k)) for k in kbps):
         raise SweepError(f"--kbps must list positive bitrates, got {kbps}")
-    points = [SweepPoint("vae", f"{k:g}kbps", k, {"model.bottleneck": "vae", "rate.target_kbps": k}) for k in kbps]
+    points = [SweepPoint(TARGET_KL_SYSTEM, f"{k:g}kbps", k, {"model.bottleneck": "vae", "rate.target_kbps": k},
+                         bitstream=True) for k in kbps]
     for baseline in baselines:
         if baseline == "rvq":
             for k in kbps:
@@ -102,8 +106,8 @@ def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas
             points += [SweepPoint("beta", f"{b:g}", None, {"model.bottleneck": "vae", "rate.controller": "fixed",
                                                             "rate.beta": b}) for b in betas]
         elif baseline == "ae":
-            points += [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w})
-                       for w in ae_widths]
+            points += [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w},
+                                  rated=False) for w in ae_widths]
         else:
             codec = CLASSIC_CODECS[baseline]
             points += [SweepPoint(baseline, setting, codec.nominal_kbps(setting), setting=setting)
@@ -149,7 +153,7 @@ class Sweep:
         if point.setting is not None:
             return [self._classic(point)]
         row = self._trained(point)
-        if point.system != "vae":
+        if not point.bitstream:
             return [row]
         return [row, self._tkl(point, Path(row["run"]))]
 
@@ -219,7 +223,7 @@ class Sweep:
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, config.model.sample_rate),
                "latent_use": result["latent_use"], **{k: result[k] for k in ROW_METRICS if k in result}}
-        if point.system == "ae":
+        if not point.rated:
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         if point.system == "beta":

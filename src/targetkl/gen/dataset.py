@@ -90,12 +90,14 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
             bar.update(len(clips))
         bar.close()
     bits_per_frame = held_out_bits / max(held_out_frames, 1)
+    measured = rate.bits_per_frame_to_kbps(bits_per_frame, model.frame_rate) if held_out_frames else None
+    controlled = model.bottleneck.rate_controller is not None
     info = {"run": str(Path(run_dir).resolve()), "fingerprint": model_fingerprint(model),
             "data": str(Path(data).resolve()),
             "bottleneck": config.model.bottleneck, "sample_rate": model.sample_rate, "hop": model.hop,
             "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
-            "target_kbps": config.rate.target_kbps if config.model.bottleneck == "vae" else None,
-            "rate_kbps": rate.bits_per_frame_to_kbps(bits_per_frame, model.frame_rate) if held_out_frames else None,
+            "target_kbps": model.bottleneck.target_kbps(config.rate.target_kbps, measured) if controlled else None,
+            "rate_kbps": measured,
             "clips": len(lines), "captioned": sum(1 for line in lines if json.loads(line)["caption"])}
     temporary = out / f".{LATENTS_FILE}.tmp"
     save_file(tensors, str(temporary))

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from targetkl.data import load_folder
-from targetkl.eval.report import GENERATION_COLUMNS, figure_png, refresh_report, write_csv
+from targetkl.eval.report import GENERATION_COLUMNS, TARGET_KL_SYSTEM, figure_png, refresh_report, write_csv
 from targetkl.data.audio import write_example_clips
 from targetkl.eval.sweep import SweepError
 from targetkl.gen.classifier import Judge, load_judge, train_judge
@@ -57,7 +57,7 @@ def vae_rows(sweep: Path) -> list[dict]:
     rows = read_json_or_none(sweep / "rd.json")
     if rows is None:
         raise SweepError(f"{sweep}/rd.json: not found; run `targetkl sweep --out {sweep}` first")
-    vaes = sorted((r for r in rows if r.get("system") == "vae"), key=lambda r: r["rate_kbps"])
+    vaes = sorted((r for r in rows if r.get("system") == TARGET_KL_SYSTEM), key=lambda r: r["rate_kbps"])
     if not vaes:
         raise SweepError(f"{sweep}/rd.json has no target-KL VAE rows; run a sweep with --kbps first")
     return vaes

@@ -88,16 +88,16 @@ class Decoder(nn.Module):
 
 
 class Codec(nn.Module):
-    """Encoder -> bottleneck -> decoder. The bottleneck decides what the latent costs in bits."""
+    """Encoder -> bottleneck -> decoder, built from a model-only config and a bottleneck. The bottleneck
+    decides what the latent costs in bits; :func:`build_codec` makes both from a whole ``Config``."""
 
-    def __init__(self, config: Config):
+    def __init__(self, model: ModelConfig, bottleneck: Bottleneck):
         super().__init__()
-        model: ModelConfig = config.model
         self.sample_rate = model.sample_rate
         self.hop = model.hop
         self.frame_rate = model.frame_rate
         self.latent_dim = model.latent_dim
-        self.bottleneck: Bottleneck = build_bottleneck(config)
+        self.bottleneck = bottleneck
         self.encoder = Encoder(model.encoder_dim, model.strides, self.bottleneck.input_channels)
         self.decoder = Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides)))
         if model.init == "scaled":
@@ -121,6 +121,12 @@ class Codec(nn.Module):
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:
         encoded = self.encode(audio)
         return self.decode(encoded.z), encoded
+
+
+def build_codec(config: Config) -> Codec:
+    """The codec a config describes: its bottleneck from the registry (``model.bottleneck``, with the rate
+    settings it reads), then the encoder and decoder of ``config.model``."""
+    return Codec(config.model, build_bottleneck(config))
 
 
 def initialize_weights(codec: nn.Module) -> None:

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from targetkl.collectives import mean_over_ranks
+
+__all__ = ["DistributedContext", "SINGLE", "barrier", "current", "init_from_environment", "mean_over_ranks"]
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -52,18 +56,6 @@ def current() -> DistributedContext:
         return SINGLE
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
                               int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def mean_over_ranks(values: list[float]) -> list[float]:
-    """Average floats over all processes (the identity in a single process)."""
-    context = current()
-    if not context.active:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return (tensor / context.world_size).cpu().tolist()
 
 
 def barrier() -> None:

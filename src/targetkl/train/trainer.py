@@ -29,7 +29,7 @@ from targetkl.data.stream import CropBatches, auto_workers, crop_loader
 from targetkl.inference import CodecRunner, choose_device
 from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
                              lsgan_generator_loss)
-from targetkl.models.codec import Codec
+from targetkl.models.codec import build_codec
 from targetkl.models.discriminators import build_discriminator
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
 from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
@@ -114,7 +114,7 @@ class Trainer:
         self.calibration_seconds = 0.0
         self.data_wait_seconds = 0.0
         torch.manual_seed(config.train.seed)
-        self.model = Codec(config).to(self.device)
+        self.model = build_codec(config).to(self.device)
         self.reconstruction = ReconstructionLoss(
             config.model.sample_rate, config.loss.mel_windows, config.loss.stft_windows, config.loss.mel_weight,
             config.loss.stft_weight, config.loss.waveform_weight).to(self.device)
@@ -263,10 +263,11 @@ class Trainer:
     def _skip_noise(self, ranks: int) -> None:
         """Draw and drop ``ranks`` processes' worth of posterior noise, so that each rank samples its own
         slice of the noise one process would draw for the global batch."""
-        if ranks <= 0 or self.config.model.bottleneck != "vae":
+        per_frame = self.model.bottleneck.noise_values_per_frame
+        if ranks <= 0 or per_frame == 0:
             return
         frames = self.config.segment_samples // self.model.hop
-        torch.randn(ranks * self.config.train.batch_size * self.config.model.latent_dim * frames, device=self.device)
+        torch.randn(ranks * self.config.train.batch_size * per_frame * frames, device=self.device)
 
     @torch.no_grad()
     def calibrate_rate(self) -> dict[str, float]:
@@ -277,7 +278,7 @@ class Trainer:
         ``rate.calibrate_batch`` at a time; returns the logged scalars, or nothing for bottlenecks without a
         KL controller. The time it takes is logged as a share of the run (``time/calibration_share``).
         """
-        controller = getattr(self.model.bottleneck, "controller", None)
+        controller = self.model.bottleneck.rate_controller
         rate_config = self.config.rate
         if controller is None or rate_config.calibrate_every <= 0 or self.step % rate_config.calibrate_every:
             return {}
