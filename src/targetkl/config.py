@@ -27,7 +27,9 @@ class ConfigError(UserError, ValueError):
 
 @dataclass
 class ModelConfig:
-    """DAC-style codec. Encoder channels double at each stride; the decoder mirrors the strides.
+    """The codec. ``architecture``: ``dac`` (DAC-style; encoder channels double at each stride, the decoder
+    mirrors the strides) or ``oobleck`` (Stable Audio's VAE; widths ``encoder_dim`` / ``decoder_dim`` times
+    ``channel_multiples``, one per stride, even strides; see ``targetkl.models.oobleck``).
 
     ``init``: ``torch`` (PyTorch's default conv init) or ``scaled`` (variance preserving, zero biases,
     residual units start as the identity; see ``targetkl.models.codec.initialize_weights``).
@@ -47,6 +49,8 @@ class ModelConfig:
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     init: str = "torch"
+    architecture: str = "dac"
+    channel_multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
 
     @property
     def hop(self) -> int:
@@ -212,6 +216,25 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "adversarial": True},
         "data": {"segment_seconds": 512 * 75 / 44100},
         "rate": {"target_kbps": 8.0, "free_steps": 10000, "warmup_steps": 10000},
+        "train": {"steps": 400000, "batch_size": 12, "lr": 1e-4, "schedule": "exponential",
+                  "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
+                  "log_every": 50},
+    },
+    # Stable Audio's VAE shape on CPU: 50 Hz at 16 kHz like tiny (hop 2*4*4*10 = 320), Oobleck layers.
+    "oobleck-tiny": {
+        "model": {"architecture": "oobleck", "encoder_dim": 32, "decoder_dim": 32, "latent_dim": 16,
+                  "strides": (2, 4, 4, 10), "channel_multiples": (1, 2, 2, 4)},
+        "train": {"min_lr_ratio": 0.0},
+    },
+    # Stable Audio Open's VAE: 44.1 kHz, strides 2,4,4,8,8 (hop 2048, 21.5 Hz), 64 latent channels.
+    "oobleck-44k": {
+        "model": {"architecture": "oobleck", "sample_rate": 44100, "encoder_dim": 128, "decoder_dim": 128,
+                  "latent_dim": 64, "strides": (2, 4, 4, 8, 8), "channel_multiples": (1, 2, 4, 8, 16)},
+        "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
+                 "adversarial": True},
+        "data": {"segment_seconds": 2048 * 32 / 44100},
+        "rate": {"target_kbps": 8.0, "free_steps": 10000, "warmup_steps": 10000, "calibrate_every": 100,
+                 "calibrate_batch": 8, "calibrate_seconds": 5.0},
         "train": {"steps": 400000, "batch_size": 12, "lr": 1e-4, "schedule": "exponential",
                   "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,
                   "log_every": 50},
@@ -421,6 +444,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
     if rate_config.scope not in ("batch", "clip"):
         raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
+    if model.architecture not in ("dac", "oobleck"):
+        raise ConfigError(f"model.architecture={model.architecture!r}: choose dac or oobleck")
+    if model.architecture == "oobleck" and (len(model.channel_multiples) != len(model.strides)
+                                            or any(s % 2 for s in model.strides)
+                                            or any(m <= 0 for m in model.channel_multiples)):
+        raise ConfigError(f"model.channel_multiples={model.channel_multiples}, model.strides={model.strides}: an "
+                          "oobleck codec needs one positive multiple per stride and even strides")
     if model.init not in ("torch", "scaled"):
         raise ConfigError(f"model.init={model.init!r}: choose torch or scaled")
     if rate_config.warmup not in ("goal", "weight"):

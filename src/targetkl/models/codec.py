@@ -87,6 +87,22 @@ class Decoder(nn.Module):
         return self.layers(latent)
 
 
+def _dac_parts(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
+    return (Encoder(model.encoder_dim, model.strides, out_channels),
+            Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides))))
+
+
+def _oobleck_parts(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
+    from targetkl.models.oobleck import OobleckDecoder, OobleckEncoder
+
+    return (OobleckEncoder(model.encoder_dim, model.strides, model.channel_multiples, out_channels),
+            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, model.channel_multiples))
+
+
+# model.architecture -> (encoder, decoder) for a bottleneck taking ``out_channels`` inputs
+ARCHITECTURES = {"dac": _dac_parts, "oobleck": _oobleck_parts}
+
+
 class Codec(nn.Module):
     """Encoder -> bottleneck -> decoder, built from a model-only config and a bottleneck. The bottleneck
     decides what the latent costs in bits; :func:`build_codec` makes both from a whole ``Config``."""
@@ -98,8 +114,7 @@ class Codec(nn.Module):
         self.frame_rate = model.frame_rate
         self.latent_dim = model.latent_dim
         self.bottleneck = bottleneck
-        self.encoder = Encoder(model.encoder_dim, model.strides, self.bottleneck.input_channels)
-        self.decoder = Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides)))
+        self.encoder, self.decoder = ARCHITECTURES[model.architecture](model, bottleneck.input_channels)
         if model.init == "scaled":
             initialize_weights(self)
 

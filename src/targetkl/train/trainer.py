@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from targetkl.errors import UserError
 from targetkl import rate
-from targetkl.config import Config, validate
+from targetkl.config import Config, ConfigError, from_dict, validate
 from targetkl.data import AudioSet, load_folder
 from targetkl.data.stream import CropBatches, auto_workers, crop_loader
 from targetkl.inference import CodecRunner, choose_device
@@ -189,9 +189,13 @@ class Trainer:
                 existing = json.loads(path.read_text())
             except ValueError:
                 existing = None
-            if existing is not None:
+            if isinstance(existing, dict):
                 fixed = ("model", "rate")
-                before = {k: existing.get(k) for k in fixed}
+                try:  # a run saved before a setting existed has that setting's default
+                    existing = from_dict(existing, where=str(path)).to_dict()
+                except ConfigError:
+                    pass
+                before = json.loads(json.dumps({k: existing.get(k) for k in fixed}))
                 after = json.loads(json.dumps({k: current[k] for k in fixed}))
                 if before != after:
                     raise TrainingError(f"{path}: this run was started with other model or rate settings; "
