@@ -165,6 +165,16 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from targetkl.export import export_run
+
+    info = export_run(args.run, args.out, args.data, args.format, args.stats_clips)
+    rate_text = f"{info['rate_kbps']:.4f} kbps measured" if info["rate_kbps"] is not None else "no measured rate"
+    print(f"wrote {args.out} ({args.format}): {rate_text}, latent statistics over {info['latent_stats']['clips']} "
+          f"training clips in {args.out}/targetkl.json")
+    return 0
+
+
 def _load_for(args: argparse.Namespace):
     """The run of a file command on its ``--device``."""
     from targetkl.inference import choose_device
@@ -220,7 +230,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             betas=tuple(_float_list(args.betas, "--betas")),
                             ae_widths=tuple(int(w) for w in _float_list(args.ae_widths, "--ae-widths")),
                             perceptual=not args.fast, progress=not args.quiet, device=args.device,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size,
+                            architectures=_names(args.architectures) if args.architectures else None)
     print(f"{'system':<8} {'point':<10} {'target':>8} {'measured':>9} {'mel':>7} {'si_sdr':>8}")
     for row in rate_rows(rows):
         target = f"{row['target_kbps']:.3f}" if row.get("target_kbps") else "-"
@@ -435,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "opus, mp3, codec2 (default: all)")
     sweep.add_argument("--betas", default="1e-4,1e-3,1e-2,1e-1", help="KL weights of the beta baseline")
     sweep.add_argument("--ae-widths", default="2,4,8", help="latent widths of the autoencoder baseline")
+    sweep.add_argument("--architectures", default=None,
+                       help="codec architectures with a target-KL line each, e.g. dac,oobleck (default: the "
+                            "preset's); the others are systems vae-<name> at the same bitrates")
     _add_config_arguments(sweep)
     sweep.add_argument("--fast", action="store_true", help="skip PESQ, STOI and ViSQOL")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -538,6 +552,18 @@ def build_parser() -> argparse.ArgumentParser:
     _file_command(sub, "decompress", cmd_decompress, ".tkl bitstream back to a wav file",
                   "Decode a .tkl file written by `targetkl compress` with the same RUN; a damaged file or one from "
                   "another model is refused.", ".tkl file", "wav file to write")
+    export = sub.add_parser("export", help="write a run for other tools: diffusers (Oobleck VAEs) or safetensors",
+                            description="Write RUN to the folder OUT. --format diffusers (an oobleck run): config.json "
+                                        "and diffusion_pytorch_model.safetensors for diffusers.AutoencoderOobleck."
+                                        "from_pretrained(OUT); --format safetensors (any run): model.safetensors. Both "
+                                        "write targetkl.json: the config, the measured held-out rate and per-channel "
+                                        "latent mean and std over training clips (to scale latents for diffusion).")
+    export.add_argument("run", help="run folder")
+    export.add_argument("out", help="folder to write")
+    export.add_argument("--data", required=True, help="the run's training data (for the latent statistics)")
+    export.add_argument("--format", choices=("diffusers", "safetensors"), default="diffusers")
+    export.add_argument("--stats-clips", type=int, default=256, help="training clips for the latent statistics")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

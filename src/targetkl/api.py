@@ -1,0 +1,124 @@
+"""The toolkit from Python, without the CLI: ``targetkl.load(path)`` opens a run folder or an export.
+
+    vae = targetkl.load("runs/vae-2kbps")            # or an export folder
+    z = vae.encode(audio, sample_rate=44100)         # (batch, latent_dim, frames), posterior mean
+    audio_out = vae.decode(z)                        # (batch, 1, frames * hop) at vae.sample_rate
+    scaled = (z - vae.latent_mean[:, None]) / vae.latent_std[:, None]   # for a diffusion model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+
+from targetkl.config import Config, from_dict
+from targetkl.data.audio import gain_for_level
+from targetkl.errors import UserError
+from targetkl.models.codec import Codec, build_codec
+
+
+class LoadError(UserError, ValueError):
+    """A path that is neither a run folder nor an export."""
+
+
+class Autoencoder:
+    """A trained codec with its units.
+
+    ``sample_rate`` (Hz) and ``frame_rate`` (latent frames per second); ``rate_kbps``: the measured
+    held-out rate (``None`` when none was measured); ``latent_stats``: ``{"mean", "std"}`` per channel
+    over training clips (an export has them; a run folder has ``None``), also as ``latent_mean`` and
+    ``latent_std`` tensors; ``loudness_dbfs``: the RMS level the model was trained at.
+    """
+
+    def __init__(self, model: Codec, config: Config, rate_kbps: float | None = None,
+                 latent_stats: dict | None = None, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.sample_rate, self.frame_rate, self.hop = model.sample_rate, model.frame_rate, model.hop
+        self.latent_dim = model.latent_dim
+        self.rate_kbps = rate_kbps
+        self.latent_stats = latent_stats
+        self.loudness_dbfs = config.data.loudness_dbfs
+        stats = latent_stats or {}
+        self.latent_mean = torch.tensor(stats["mean"]) if "mean" in stats else None
+        self.latent_std = torch.tensor(stats["std"]) if "std" in stats else None
+
+    def to(self, device: str | torch.device) -> Autoencoder:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _prepare(self, audio, sample_rate: int, normalize: bool) -> torch.Tensor:
+        """Any of ``(samples,)``, ``(channels, samples)``, ``(batch, channels, samples)`` (NumPy or torch, any
+        rate) -> ``(batch, 1, samples')`` float32 at the model's rate, mono, each clip at the model's level."""
+        array = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        array = array.astype(np.float64)
+        if array.ndim == 1:
+            array = array[None, None]
+        elif array.ndim == 2:
+            array = array[None]
+        if array.ndim != 3:
+            raise ValueError(f"audio of shape {array.shape}: pass (samples,), (channels, samples) or "
+                             "(batch, channels, samples)")
+        mono = array.mean(axis=1)
+        if sample_rate != self.sample_rate:
+            mono = np.stack([soxr.resample(clip, sample_rate, self.sample_rate) for clip in mono])
+        if normalize:
+            gains = [gain_for_level(float(np.sqrt(np.mean(clip ** 2))), float(np.max(np.abs(clip))),
+                                    self.loudness_dbfs) for clip in mono]
+            mono = mono * np.asarray(gains)[:, None]
+        return torch.from_numpy(mono.astype(np.float32))[:, None]
+
+    @torch.no_grad()
+    def encode(self, audio, sample_rate: int, sample: bool = False, normalize: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Audio -> latents ``(batch, latent_dim, ceil(samples / hop))`` on ``self.device``: the posterior
+        mean, or with ``sample=True`` a draw ``mean + std * noise``. ``normalize`` brings each clip to the
+        training loudness first (as training did)."""
+        x = self.model.pad(self._prepare(audio, sample_rate, normalize).to(self.device))
+        encoded = self.model.encode(x)
+        mean = encoded.mean if encoded.mean is not None else encoded.z
+        if not sample or encoded.std is None:
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, device="cpu").to(self.device)
+        return mean + encoded.std * noise
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(batch, latent_dim, frames)`` -> audio ``(batch, 1, frames * hop)`` at ``sample_rate``."""
+        return self.model.decode(latents.to(self.device, torch.float32))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+    """Open a run folder (its newest checkpoint; EMA weights when kept) or a ``targetkl export`` folder."""
+    path = Path(path)
+    info_file = path / "targetkl.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        config = from_dict(info["config"], where=str(info_file))
+        model = build_codec(config)
+        if info["format"] == "diffusers":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path / "diffusion_pytorch_model.safetensors"))
+            for part in ("encoder", "decoder"):
+                getattr(model, part).load_state_dict(
+                    {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})
+        else:
+            from targetkl.train.checkpoint import load_module
+
+            load_module(model, path / "model.safetensors")
+        return Autoencoder(model, config, info.get("rate_kbps"), info.get("latent_stats"), device)
+    if (path / "config.json").is_file():
+        from targetkl.runs import load_run
+
+        loaded = load_run(path, "cpu")
+        from targetkl.export import measured_rate
+
+        return Autoencoder(loaded.model, loaded.config, measured_rate(path, loaded.step), None, device)
+    raise LoadError(f"{path}: neither a run folder (config.json and checkpoints/) nor an export (targetkl.json)")

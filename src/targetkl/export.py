@@ -1,0 +1,133 @@
+"""Take a trained run out of the toolkit: ``targetkl export RUN OUT --format diffusers|safetensors``.
+
+Both formats write ``OUT/targetkl.json``: the run's whole config, the measured held-out rate (``rate_kbps``,
+with its target and frame rate) and ``latent_stats``, the per-channel mean and std of the posterior means
+over training clips (``(latent_dim,)`` each, measured at export), which a diffusion model uses to scale
+its latents (``(z - mean) / std``). Then:
+
+- ``diffusers`` (an Oobleck VAE only): ``config.json`` and ``diffusion_pytorch_model.safetensors`` that
+  ``diffusers.AutoencoderOobleck.from_pretrained(OUT)`` loads; its ``encode(x).latent_dist.mean`` and
+  ``decode(z).sample`` are this toolkit's posterior mean and decoder. diffusers' posterior std is
+  ``softplus + 1e-4``, so the run's ``model.sigma_eps`` must be 1e-4, and its encoder width must be twice the
+  latent width (diffusers ties the two).
+- ``safetensors`` (any run): ``model.safetensors``, the codec's state dict under this toolkit's names.
+
+The model was trained on audio at ``data.loudness_dbfs`` RMS (``targetkl.json`` says which): feed it audio at
+that level (``targetkl.load(OUT).encode`` does so by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from targetkl.config import Config
+from targetkl.data import load_folder
+from targetkl.errors import UserError
+from targetkl.fileio import write_text_atomic
+from targetkl.inference import CodecRunner
+from targetkl.models.codec import Codec
+from targetkl.runs import load_run
+
+FORMATS = ("diffusers", "safetensors")
+INFO_FILE = "targetkl.json"
+STATS_CLIPS = 256
+
+
+class ExportError(UserError, ValueError):
+    """A run that cannot be written in the asked format; the message says what to train instead."""
+
+
+def diffusers_config(config: Config) -> dict:
+    model = config.model
+    return {"_class_name": "AutoencoderOobleck", "_diffusers_version": "0.30.0",
+            "encoder_hidden_size": model.encoder_dim, "downsampling_ratios": list(model.strides),
+            "channel_multiples": list(model.channel_multiples), "decoder_channels": model.decoder_dim,
+            "decoder_input_channels": model.latent_dim, "audio_channels": 1, "sampling_rate": model.sample_rate}
+
+
+def check_diffusers(config: Config, codec: Codec, run: Path) -> None:
+    model = config.model
+    if model.architecture != "oobleck":
+        raise ExportError(f"{run}: a {model.architecture} codec; diffusers loads Stable Audio's Oobleck VAE only: "
+                          "train one with --preset oobleck-tiny or oobleck-44k (or --set model.architecture=oobleck), "
+                          "or export this run with --format safetensors")
+    if not codec.bottleneck.stores_posterior or model.sigma_eps != 1e-4 or model.encoder_dim != 2 * model.latent_dim:
+        raise ExportError(f"{run}: diffusers' AutoencoderOobleck needs a Gaussian (vae) bottleneck with "
+                          "model.sigma_eps=1e-4 and model.encoder_dim = 2 x model.latent_dim (here "
+                          f"{model.bottleneck}, {model.sigma_eps:g}, {model.encoder_dim} vs {model.latent_dim}); "
+                          "export with --format safetensors")
+
+
+@torch.no_grad()
+def latent_statistics(model: Codec, config: Config, data: str | Path, clips: int = STATS_CLIPS,
+                      seed: int = 0) -> dict:
+    """Per-channel mean and std of the posterior means over up to ``clips`` training clips (drawn with
+    ``seed``), every frame weighted equally: ``{"mean": [D], "std": [D], "clips": n, "frames": F}``."""
+    train = load_folder(data, config.model.sample_rate, "train", config.data.valid_percent,
+                        config.data.loudness_dbfs, progress=False)
+    chosen = np.random.default_rng(seed).permutation(len(train.clips))[:clips]
+    encoded = CodecRunner(model).encode([train.clips[int(i)].audio for i in chosen])
+    total = torch.zeros(model.latent_dim, dtype=torch.float64)
+    squares = torch.zeros(model.latent_dim, dtype=torch.float64)
+    frames = 0
+    for item in encoded:
+        z = item.z.double()
+        total += z.sum(dim=-1)
+        squares += z.pow(2).sum(dim=-1)
+        frames += z.shape[-1]
+    mean = total / max(frames, 1)
+    std = (squares / max(frames, 1) - mean.pow(2)).clamp_min(0).sqrt()
+    return {"mean": mean.tolist(), "std": std.tolist(), "clips": len(chosen), "frames": frames}
+
+
+def measured_rate(run: Path, step: int) -> float | None:
+    """The held-out rate the run logged at ``step`` (its last checkpoint), if it logged one."""
+    rate = None
+    try:
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row.get("split") == "held_out" and row.get("step") == step:
+                rate = row.get("rate_kbps")
+    except (OSError, ValueError):
+        return None
+    return rate
+
+
+def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "diffusers",
+               stats_clips: int = STATS_CLIPS) -> dict:
+    """Write ``run`` to the folder ``out`` in ``fmt`` (see the module docstring); returns ``targetkl.json``."""
+    run, out = Path(run), Path(out)
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt}: choose {' or '.join(FORMATS)}")
+    loaded = load_run(run, "cpu")
+    config, model = loaded.config, loaded.model
+    if fmt == "diffusers":
+        check_diffusers(config, model, run)
+    rate_kbps = measured_rate(run, loaded.step)
+    if rate_kbps is None:
+        from targetkl.eval.evaluate import evaluate_model
+
+        rate_kbps = evaluate_model(model, config, data, perceptual=False, progress=False)["rate_kbps"]
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "diffusers":
+        tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
+                   for part in ("encoder", "decoder")
+                   for name, tensor in getattr(model, part).state_dict().items()}
+        save_file(tensors, str(out / "diffusion_pytorch_model.safetensors"))
+        write_text_atomic(out / "config.json", json.dumps(diffusers_config(config), indent=2) + "\n")
+    else:
+        tensors = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
+        save_file(tensors, str(out / "model.safetensors"))
+    info = {"format": fmt, "source_run": str(run.resolve()), "step": loaded.step, "config": config.to_dict(),
+            "sample_rate": model.sample_rate, "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
+            "loudness_dbfs": config.data.loudness_dbfs, "target_kbps": config.rate.target_kbps,
+            "rate_kbps": rate_kbps if rate_kbps is not None and math.isfinite(rate_kbps) else None,
+            "latent_stats": latent_statistics(model, config, data, stats_clips)}
+    write_text_atomic(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    return info
