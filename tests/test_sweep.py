@@ -12,7 +12,8 @@ import torch
 
 from conftest import chromium_dom, chromium_flags
 from targetkl.config import resolve
-from targetkl.eval.sweep import SweepError, plan_sweep, run_sweep, rvq_layout
+from targetkl.cli import main as main_cli
+from targetkl.eval.sweep import SweepError, architecture_flags, plan_sweep, run_sweep, rvq_layout
 from targetkl.models.codec import build_codec
 
 QUICK = ["train.steps=3", "train.batch_size=2", "train.checkpoint_every=2", "train.warmup_steps=1",
@@ -169,3 +170,19 @@ def test_a_stop_signal_stops_the_whole_sweep_and_keeps_the_checkpoint(small_corp
     assert main(args) == 0
     assert (tmp_path / "runs" / "vae-1kbps" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
     assert (tmp_path / "rd.csv").is_file()
+
+
+def test_sweep_draws_a_target_kl_line_per_architecture(small_corpus, tmp_path):
+    out = tmp_path / "arch"
+    assert main_cli(["sweep", "--data", str(small_corpus), "--out", str(out), "--kbps", "1,2", "--baselines", "",
+                     "--architectures", "dac,oobleck", "--fast", "-q", *[f"--set={a}" for a in QUICK]]) == 0
+    rows = json.loads((out / "rd.json").read_text())
+    lines = {row["system"]: [] for row in rows}
+    for row in rows:
+        lines[row["system"]].append(row["target_kbps"])
+    assert lines == {"vae": [1.0, 2.0], "tkl": [1.0, 2.0], "vae-oobleck": [1.0, 2.0]}
+    oobleck = json.loads((out / "runs" / "vae-oobleck-1kbps" / "config.json").read_text())["model"]
+    assert oobleck["architecture"] == "oobleck" and oobleck["strides"] == [2, 4, 4, 10]
+    assert "target-KL VAE, Oobleck" in (out / "report.html").read_text()
+    with pytest.raises(SweepError, match="no oobleck counterpart"):
+        architecture_flags("base-24k", "oobleck")

@@ -24,8 +24,8 @@ HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
 COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
            *ROW_METRICS, "latent_use", "run")
 TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
-SYSTEM_NAMES = {"vae": "target-KL VAE", "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)",
-                "beta": "fixed-beta VAE",
+SYSTEM_NAMES = {"vae": "target-KL VAE", "vae-oobleck": "target-KL VAE, Oobleck", "vae-dac": "target-KL VAE, DAC",
+                "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
                 "ae": "autoencoder", "opus": "Opus", "mp3": "MP3 (lame)", "codec2": "Codec 2"}
 
 

@@ -42,6 +42,25 @@ BASELINES = ("rvq", "beta", "ae", *CLASSIC_CODECS)
 DEFAULT_BETAS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_AE_WIDTHS = (2, 4, 8)
 RVQ_MAX_CODEBOOK_BITS = 10
+# The preset that gives a preset's codec in another architecture at the same rate and frame rate.
+ARCHITECTURE_PRESETS = {("tiny", "oobleck"): "oobleck-tiny", ("oobleck-tiny", "dac"): "tiny",
+                        ("dac-44k", "oobleck"): "oobleck-44k", ("oobleck-44k", "dac"): "dac-44k"}
+ARCHITECTURE_KEYS = ("architecture", "encoder_dim", "decoder_dim", "strides", "channel_multiples", "latent_dim")
+
+
+def architecture_flags(preset_name: str, architecture: str) -> dict[str, object]:
+    """Config overrides that turn ``preset_name``'s codec into ``architecture`` (``{}`` if it is one already)."""
+    from targetkl.config import preset
+
+    base = preset(preset_name)
+    if base.model.architecture == architecture:
+        return {}
+    partner = ARCHITECTURE_PRESETS.get((preset_name, architecture))
+    if partner is None:
+        raise SweepError(f"--architectures {architecture}: no {architecture} counterpart of preset {preset_name} "
+                         f"(known: {', '.join(f'{a} -> {b}' for (a, _), b in ARCHITECTURE_PRESETS.items())})")
+    model = preset(partner).model
+    return {f"model.{key}": getattr(model, key) for key in ARCHITECTURE_KEYS}
 
 
 class SweepError(UserError, ValueError):
@@ -87,8 +106,12 @@ def rvq_layout(kbps: float, frame_rate: float) -> tuple[int, int]:
 
 
 def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas: tuple[float, ...] = DEFAULT_BETAS,
-               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS) -> list[SweepPoint]:
-    """Every point of a sweep, in the order they are run: target-KL VAEs first, then the baselines."""
+               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS,
+               architectures: dict[str, dict[str, object]] | None = None) -> list[SweepPoint]:
+    """Every point of a sweep, in the order they are run: target-KL VAEs first, then the baselines.
+
+    ``architectures`` maps further codec architectures to their config overrides (``architecture_flags``):
+    each adds a target-KL line, system ``vae-<architecture>``, at the same bitrates."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise SweepError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
@@ -96,6 +119,9 @@ def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas
         raise SweepError(f"--kbps must list positive bitrates, got {kbps}")
     points = [SweepPoint(TARGET_KL_SYSTEM, f"{k:g}kbps", k, {"model.bottleneck": "vae", "rate.target_kbps": k},
                          bitstream=True) for k in kbps]
+    for name, flags in (architectures or {}).items():
+        points += [SweepPoint(f"{TARGET_KL_SYSTEM}-{name}", f"{k:g}kbps", k,
+                              {**flags, "model.bottleneck": "vae", "rate.target_kbps": k}) for k in kbps]
     for baseline in baselines:
         if baseline == "rvq":
             for k in kbps:
@@ -286,13 +312,15 @@ def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: l
               betas: tuple[float, ...] = DEFAULT_BETAS,
               ae_widths: tuple[int, ...] = DEFAULT_AE_WIDTHS, perceptual: bool = True,
               progress: bool = True, device: str | None = None,
-              batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[dict], Sweep]:
+              batch_size: int = DEFAULT_BATCH_SIZE, architectures: list[str] | None = None) -> tuple[list[dict], Sweep]:
     """Plan, run (or continue) and report a sweep; returns the rows and the sweep (``sweep.trained`` names
     the points trained by this call)."""
     check_tools(baselines)
     sweep = Sweep(data, out, preset, config_files, assignments, perceptual, progress=progress, device=device,
                   batch_size=batch_size)
-    points = plan_sweep(kbps, baselines, sweep.base.model.frame_rate, betas, ae_widths)
+    extra = {name: architecture_flags(preset, name) for name in architectures or []
+             if name != sweep.base.model.architecture}
+    points = plan_sweep(kbps, baselines, sweep.base.model.frame_rate, betas, ae_widths, extra)
     rows = sweep.run(points)
     write_report(Path(out), [_clean(r) for r in rows], sweep.originals(), preset=preset, data=str(data))
     return rows, sweep
