@@ -34,6 +34,15 @@ def test_oobleck_codec_shapes_and_preset():
     assert encoded.z.shape == (2, 16, 4) and decoded.shape == audio.shape
 
 
+@pytest.mark.parametrize("bottleneck", ["rvq", "ae"])
+def test_oobleck_trains_with_the_other_bottlenecks(bottleneck, small_corpus, tmp_path):
+    run = tmp_path / bottleneck
+    assert main(["train", "--data", str(small_corpus), "--out", str(run), *OOBLECK, "--bottleneck", bottleneck,
+                 "--set", "model.rvq_codebooks=2", "-q"]) == 0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in metrics if row["split"] == "train"][-1] == 3
+
+
 def test_diffusers_loads_the_export_and_agrees_on_encode_and_decode(oobleck_run, small_corpus, tmp_path, caplog):
     import diffusers
     out = tmp_path / "export"

@@ -66,7 +66,8 @@ def format_result(result: dict) -> str:
             note = f"  ({unscored[key]} of {result['clips']} clips could not be scored)" if unscored.get(key) else ""
             lines.append(f"{key:<13} {value:.4f}{note}")
     if "si_sdr" in result:
-        lines.append("(si_sdr is the median over clips; wer and cer are pooled over clips; the rest are means)")
+        pooled = "; wer and cer are pooled over clips" if "wer" in result else ""
+        lines.append(f"(si_sdr is the median over clips{pooled}; the rest are means)")
     use = result.get("latent_use")
     if use is not None and use < LATENT_UNUSED_BELOW:
         lines.append(f"warning: the decoder ignores its latent (latent_use {use:.3f} < "
