@@ -123,11 +123,11 @@ def test_tkl_files_are_the_size_the_kl_promised(sweep, vae, demo_corpus, tmp_pat
     for target in TARGETS:
         run = load_run(vae[target]["run"])
         loudness = run.config.data.loudness_dbfs
-        reports = [compress_file(run.model, demo_corpus / clip.path, tmp_path / "clip.tkl", loudness)
+        reports = [compress_file(run.model, demo_corpus / clip.path, tmp_path / "clip.tkl", loudness).report
                    for clip in held_out]
         kl_bits = sum(r["kl_kbps"] for r in reports) / len(reports) * 1000 * CLIP_SECONDS
         payload_bits = sum(r["payload_kbps"] for r in reports) / len(reports) * 1000 * CLIP_SECONDS
-        whole = compress_file(run.model, joined, tmp_path / "joined.tkl", loudness)
+        whole = compress_file(run.model, joined, tmp_path / "joined.tkl", loudness).report
         print(f"{target} kbps: per 1 s clip KL {kl_bits:.1f} bits, payload {payload_bits:.1f} bits; "
               f"one {whole['seconds']:.0f} s file: KL {whole['kl_kbps']:.4f}, payload {whole['payload_kbps']:.4f} kbps")
         assert abs(kl_bits / 1000 / CLIP_SECONDS - vae[target]["rate_kbps"]) / vae[target]["rate_kbps"] < 0.01

@@ -174,18 +174,6 @@ def test_a_registered_toy_controller_trains_without_touching_trainer_config_or_c
         CONTROLLERS.pop("toy-half-distance")
 
 
-def test_rate_control_imports_nothing_from_train():
-    import ast
-    from pathlib import Path
-
-    import targetkl.control
-
-    tree = ast.parse(Path(targetkl.control.__file__).read_text())
-    imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
-    imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-    assert not [name for name in imported if name and name.startswith("targetkl.train")]
-
-
 def test_unknown_controller_and_bottleneck_list_the_registry():
     from targetkl.config import ConfigError, resolve
 

@@ -1,5 +1,6 @@
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -86,3 +87,42 @@ def test_adversarial_training_step(small_corpus, tmp_path):
     row = read_metrics(tmp_path / "gan")[-1]
     assert row["loss/discriminator"] > 0 and row["loss/feature_matching"] > 0
     assert (latest_checkpoint(tmp_path / "gan") / "discriminator.safetensors").is_file()
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
+
+
+@pytest.mark.parametrize("bottleneck,controller,reads_per_step", [
+    ("vae", "target", 1), ("vae", "capacity", 1), ("vae", "lagrange", 3), ("rvq", "target", 1), ("ae", "target", 1)])
+def test_a_training_step_reads_the_device_once_or_as_its_controller_needs(small_corpus, tmp_path, monkeypatch,
+                                                                          bottleneck, controller, reads_per_step):
+    """Between logged steps, the only device-to-host read in this package's code during a step is its
+    finite-loss check, plus the batch KL of each forward for a feedback controller (``lagrange``, two
+    micro-batches). Reads inside
+    torch's C++ (RVQ's dead-code search) are not counted here; ``benchmarks/gpu_check.py`` reports those."""
+    config = quick_config(model={"bottleneck": bottleneck}, rate={"controller": controller, "free_steps": 2,
+                                                                  "warmup_steps": 2, "calibrate_every": 0},
+                          train={"steps": 8, "log_every": 100, "grad_accum": 2})
+    trainer = Trainer(config, small_corpus, tmp_path / "run", progress=False)
+    for _ in range(3):  # through the free phase and the warmup (2 + 2 forwards)
+        trainer.train_step()
+        trainer.step += 1
+    reads = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"{os.sep}targetkl{os.sep}" in caller:  # torch's own reads (Adam's CPU step counter) are not ours
+                reads.append(f"{_name} at {caller}:{sys._getframe(1).f_lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    per_step = []
+    for _ in range(4):
+        before = len(reads)
+        scalars = trainer.train_step()
+        trainer.step += 1
+        assert not scalars.get("skipped")
+        per_step.append(len(reads) - before)
+    monkeypatch.undo()
+    assert per_step == [reads_per_step] * 4, reads

@@ -142,10 +142,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from targetkl.bitstream import compress_file
+    from targetkl.eval.compressed import compress_and_measure
 
     run = _load_for(args)
-    report = compress_file(run.model, args.input, args.output, run.config.data.loudness_dbfs, args.batch_size)
+    report = compress_and_measure(run.model, args.input, args.output, run.config.data.loudness_dbfs, args.batch_size)
     print(f"wrote {args.output}: {report['file_bytes']} bytes for {report['seconds']:.2f} s; KL rate "
           f"{report['kl_kbps']:.3f} kbps, payload {report['payload_kbps']:.3f} kbps, "
           f"file {report['file_kbps']:.3f} kbps; mel distance {report['mel_distance']:.4f} "

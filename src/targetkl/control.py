@@ -54,6 +54,7 @@ from torch import nn
 
 from targetkl.collectives import mean_over_ranks
 from targetkl.config import RateConfig
+from targetkl.nn.host_scalars import read_scalar, write_scalar
 
 
 def free_start_ramp(forwards: int, free_steps: int, warmup_steps: int) -> float:
@@ -82,11 +83,17 @@ class KLController(nn.Module):
 
     A subclass sets ``name``, implements :meth:`penalty` (and :meth:`update` for feedback state) and is
     registered with :func:`register_controller`. ``has_goal = False`` for one without a target rate;
-    ``sanity_settings`` are the ``RateConfig`` values it uses on the Shannon-limit check's source.
+    ``sanity_settings`` are the ``RateConfig`` values it uses on the Shannon-limit check's source;
+    ``reads_batch_kl = True`` for feedback that needs each training batch's mean KL as a Python float in
+    :meth:`update` (one device synchronization per forward; the others are given ``None`` and cost none).
+
+    State lives in 0-d buffers read through :func:`~targetkl.nn.host_scalars.read_scalar`, so reading a
+    counter or a multiplier does not wait for the GPU.
     """
 
     name = "base"
     has_goal = True
+    reads_batch_kl = False
     sanity_settings: dict = {}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
@@ -110,11 +117,12 @@ class KLController(nn.Module):
     def goal(self) -> float:
         """The KL that training crops are steered to, nats per frame: the target plus the calibration offset;
         during a ``goal`` warmup, on the geometric path from the free phase's KL down to it."""
-        settled = self.target + float(self.offset)
+        settled = self.target + read_scalar(self, "offset")
         ramp = self.ramp()
-        if not self.anneals_goal() or ramp >= 1.0 or float(self.free_kl) <= settled:
+        free_kl = read_scalar(self, "free_kl")
+        if not self.anneals_goal() or ramp >= 1.0 or free_kl <= settled:
             return settled
-        return float(self.free_kl) ** (1.0 - ramp) * settled ** ramp
+        return free_kl ** (1.0 - ramp) * settled ** ramp
 
     def scale(self) -> float:
         """What a violation is measured against (nats): the target, or the annealed goal while it is above."""
@@ -128,7 +136,7 @@ class KLController(nn.Module):
     def weight_ramp(self) -> float:
         """Weight of the penalty: 0 in the free phase, then full weight (``goal`` warmup) or the linear ramp."""
         if self.anneals_goal():
-            return 1.0 if int(self.forwards) >= self.free_steps else 0.0
+            return 1.0 if read_scalar(self, "forwards") >= self.free_steps else 0.0
         return self.ramp()
 
     def calibrate(self, whole_clip_kl: float, gain: float, limit: float = 0.5) -> None:
@@ -141,8 +149,8 @@ class KLController(nn.Module):
         """
         if self.target is None or self.ramp() < 1.0:
             return
-        offset = float(self.offset) - gain * (whole_clip_kl - self.target)
-        self.offset.fill_(min(max(offset, -limit * self.target), limit * self.target))
+        offset = read_scalar(self, "offset") - gain * (whole_clip_kl - self.target)
+        write_scalar(self, "offset", min(max(offset, -limit * self.target), limit * self.target))
 
     def noise_scale(self) -> float:
         """Factor on the posterior noise of the next training forward: 1, or with ``rate.noise_ramp`` the
@@ -151,7 +159,7 @@ class KLController(nn.Module):
 
     def ramp(self) -> float:
         """Weight of the penalty after ``forwards`` training forwards (see :func:`free_start_ramp`)."""
-        return free_start_ramp(int(self.forwards), self.free_steps, self.warmup_steps)
+        return free_start_ramp(read_scalar(self, "forwards"), self.free_steps, self.warmup_steps)
 
     def controlled_kl(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         """``(B, F)`` nats per frame -> ``(B,)`` per-clip mean over the frames away from the crop edges.
@@ -173,30 +181,33 @@ class KLController(nn.Module):
         """``kl``: ``(n,)`` nats per frame; returns the mean penalty over the ``n`` entries."""
         raise NotImplementedError
 
-    def update(self, batch_kl: float) -> None:
-        """Advance the controller's state after a training forward with batch-mean KL ``batch_kl``."""
+    def update(self, batch_kl: float | None) -> None:
+        """Advance the controller's state after a training forward with batch-mean KL ``batch_kl`` (nats per
+        frame, averaged over ranks; ``None`` unless the class ``reads_batch_kl``)."""
 
     def metrics(self) -> dict[str, float]:
         return {}
 
     def all_metrics(self) -> dict[str, float]:
-        return {**self.metrics(), "control/offset_nats": float(self.offset)}
+        return {**self.metrics(), "control/offset_nats": read_scalar(self, "offset")}
 
     def forward(self, kl_per_frame: torch.Tensor) -> torch.Tensor:
         kl_per_clip = self.controlled_kl(kl_per_frame)
         training = self.training and torch.is_grad_enabled()
-        records_free_kl = training and self.anneals_goal() and int(self.forwards) < max(self.free_steps, 1)
+        forwards = read_scalar(self, "forwards")
+        records_free_kl = training and self.anneals_goal() and forwards < max(self.free_steps, 1)
         settled = training and self.ramp() >= 1.0
-        if records_free_kl or settled:
+        batch_kl = None
+        if records_free_kl or (settled and self.reads_batch_kl):
             batch_kl = mean_over_ranks([float(kl_per_clip.detach().mean())])[0]
         if records_free_kl:
-            first = int(self.forwards) == 0
-            self.free_kl.fill_(batch_kl if first else 0.9 * float(self.free_kl) + 0.1 * batch_kl)
+            previous = read_scalar(self, "free_kl")
+            write_scalar(self, "free_kl", batch_kl if forwards == 0 else 0.9 * previous + 0.1 * batch_kl)
         value = self.weight_ramp() * self.penalty(self._per_scope(kl_per_clip))
         if training:
             if settled:
                 self.update(batch_kl)
-            self.forwards += 1
+            write_scalar(self, "forwards", forwards + 1)
         return value
 
 
@@ -253,13 +264,13 @@ class Capacity(KLController):
     def capacity(self) -> float:
         if self.anneal_steps <= 0:
             return self.goal()
-        return self.goal() * min(1.0, float(self.step) / self.anneal_steps)
+        return self.goal() * min(1.0, read_scalar(self, "step") / self.anneal_steps)
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         return self.weight * (kl - self.capacity()).abs().mean()
 
-    def update(self, batch_kl: float) -> None:
-        self.step += 1
+    def update(self, batch_kl: float | None) -> None:
+        write_scalar(self, "step", read_scalar(self, "step") + 1)
 
     def metrics(self) -> dict[str, float]:
         return {"control/capacity_nats": self.capacity()}
@@ -268,6 +279,7 @@ class Capacity(KLController):
 @register_controller
 class PIController(KLController):
     name = "pi"
+    reads_batch_kl = True
     sanity_settings = {"pi_kp": 0.5, "pi_ki": 0.05, "beta_max": 100.0}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
@@ -278,7 +290,7 @@ class PIController(KLController):
         self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
-        return float(self.beta) * kl.mean()
+        return read_scalar(self, "beta") * kl.mean()
 
     @staticmethod
     def step_rule(error: float, integral: float, kp: float, ki: float, beta_min: float,
@@ -297,20 +309,21 @@ class PIController(KLController):
         beta = min(max(kp * error + ki * integral, beta_min), beta_max)
         return beta, integral
 
-    def update(self, batch_kl: float) -> None:
+    def update(self, batch_kl: float | None) -> None:
         error = (batch_kl - self.goal()) / self.goal()
-        beta, integral = self.step_rule(error, float(self.integral), self.kp, self.ki, self.beta_min,
+        beta, integral = self.step_rule(error, read_scalar(self, "integral"), self.kp, self.ki, self.beta_min,
                                         self.beta_max)
-        self.beta.fill_(beta)
-        self.integral.fill_(integral)
+        write_scalar(self, "beta", beta)
+        write_scalar(self, "integral", integral)
 
     def metrics(self) -> dict[str, float]:
-        return {"control/beta": float(self.beta)}
+        return {"control/beta": read_scalar(self, "beta")}
 
 
 @register_controller
 class Lagrange(KLController):
     name = "lagrange"
+    reads_batch_kl = True
     sanity_settings = {"weight": 70.0, "lagrange_lr": 0.05}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
@@ -321,7 +334,8 @@ class Lagrange(KLController):
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         violation = kl - self.goal()
-        return (float(self.multiplier) * violation + 0.5 * self.weight * (violation / self.scale()).pow(2)).mean()
+        multiplier = read_scalar(self, "multiplier")
+        return (multiplier * violation + 0.5 * self.weight * (violation / self.scale()).pow(2)).mean()
 
     @staticmethod
     def step_rule(multiplier: float, batch_kl: float, target: float, lr: float) -> float:
@@ -332,11 +346,12 @@ class Lagrange(KLController):
         """
         return multiplier + lr * min(max((batch_kl - target) / target, -1.0), 1.0)
 
-    def update(self, batch_kl: float) -> None:
-        self.multiplier.fill_(self.step_rule(float(self.multiplier), batch_kl, self.goal(), self.lr))
+    def update(self, batch_kl: float | None) -> None:
+        multiplier = self.step_rule(read_scalar(self, "multiplier"), batch_kl, self.goal(), self.lr)
+        write_scalar(self, "multiplier", multiplier)
 
     def metrics(self) -> dict[str, float]:
-        return {"control/multiplier": float(self.multiplier)}
+        return {"control/multiplier": read_scalar(self, "multiplier")}
 
 
 def build_controller(config: RateConfig, target_nats: float | None) -> KLController:

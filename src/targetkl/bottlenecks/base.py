@@ -17,7 +17,8 @@ class BottleneckOutput:
     bits_per_frame:     ``(B, F)`` rate of each frame in bits.
     codes:              ``(B, n_codebooks, F)`` integer codes of a discrete bottleneck, else ``None``.
     penalty:            scalar added to the loss (rate-control term or commitment/codebook loss).
-    metrics:            scalars to log.
+    metrics:            scalars to log: Python numbers or 0-d tensors left on the device (the trainer turns
+                        them into floats only at log time, so a forward costs no synchronization).
     mean, std:          ``(B, D, F)`` posterior mean and std of a Gaussian bottleneck, else ``None``.
     """
 
@@ -26,7 +27,7 @@ class BottleneckOutput:
     bits_per_frame: torch.Tensor
     codes: torch.Tensor | None
     penalty: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
 

@@ -67,7 +67,7 @@ class GaussianBottleneck(Bottleneck):
         z = mean + self.controller.noise_scale() * std * torch.randn_like(mean) if self.training else mean
         kl = gaussian_kl(mean, std)
         penalty = self.controller(kl)
-        metrics = {"latent/mean_std": float(mean.detach().std()), "latent/posterior_std": float(std.detach().mean()),
+        metrics = {"latent/mean_std": mean.detach().std(), "latent/posterior_std": std.detach().mean(),
                    **self.controller.all_metrics()}
         return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=kl / LN2, codes=None, penalty=penalty,
                                 metrics=metrics, mean=mean, std=std)

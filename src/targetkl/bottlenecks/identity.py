@@ -22,4 +22,4 @@ class IdentityBottleneck(Bottleneck):
         z = h.float()
         bits = torch.full((z.shape[0], z.shape[-1]), float(FLOAT_BITS * self.latent_dim), device=z.device)
         return BottleneckOutput(z=z, kl_nats_per_frame=None, bits_per_frame=bits, codes=None,
-                                penalty=z.new_zeros(()), metrics={"latent/mean_std": float(z.detach().std())})
+                                penalty=z.new_zeros(()), metrics={"latent/mean_std": z.detach().std()})

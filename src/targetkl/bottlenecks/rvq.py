@@ -21,6 +21,7 @@ from torch import nn
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
 from targetkl.control import free_start_ramp
 from targetkl.nn import wn_conv1d
+from targetkl.nn.host_scalars import read_scalar, write_scalar
 
 USAGE_DECAY = 0.99
 DEAD_SHARE = 0.1
@@ -122,7 +123,7 @@ class RVQBottleneck(Bottleneck):
         training forwards, then rising linearly to 1 over ``warmup_steps``; always 1 in eval."""
         if not self.training:
             return 1.0
-        return free_start_ramp(int(self.forwards), self.free_steps, self.warmup_steps)
+        return free_start_ramp(read_scalar(self, "forwards"), self.free_steps, self.warmup_steps)
 
     def target_kbps(self, configured_kbps: float | None, measured_kbps: float) -> float | None:
         """A fixed-rate code: its own rate is its target."""
@@ -153,12 +154,18 @@ class RVQBottleneck(Bottleneck):
         weight = self.quantization_weight()
         z = quantized if weight >= 1.0 else h + weight * (quantized - h)
         if self.training and torch.is_grad_enabled():
-            self.forwards += 1
-        metrics = {"rvq/commitment": float(commitment.detach()), "rvq/codebook": float(codebook_loss.detach()),
-                   "rvq/quantization_weight": weight,
-                   "rvq/distinct_codes": sum(len(torch.unique(c)) for c in all_codes) / len(all_codes)}
+            write_scalar(self, "forwards", read_scalar(self, "forwards") + 1)
+        metrics = {"rvq/commitment": commitment.detach(), "rvq/codebook": codebook_loss.detach(),
+                   "rvq/quantization_weight": weight, "rvq/distinct_codes": self.distinct_codes(all_codes)}
         return BottleneckOutput(z=z, kl_nats_per_frame=None, bits_per_frame=bits,
                                 codes=torch.stack(all_codes, dim=1), penalty=penalty, metrics=metrics)
+
+    def distinct_codes(self, all_codes: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over stages of the number of distinct codes used in the batch (a 0-d tensor, computed on the
+        device without a synchronization)."""
+        counts = [torch.zeros(self.codebook_size, device=c.device).scatter_(0, c.reshape(-1), 1.0).sum()
+                  for c in all_codes]
+        return torch.stack(counts).mean()
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """``(B, n_codebooks, F)`` codes -> ``(B, D, F)`` latent."""

@@ -3,6 +3,10 @@
 Every source of randomness is a function of ``(seed, step)``: the batch crops, and the torch RNG
 (reparameterization noise, quantizer dropout) reseeded before each step. Together with the optimizer,
 EMA, discriminator and controller state in the checkpoint, a resumed run repeats the uninterrupted one.
+
+Step scalars stay on the device as 0-d tensors and become Python floats (one transfer, and the mean over
+ranks) only on the steps that are logged (``train.log_every``). A step waits for the device once, to learn
+whether its loss and gradient were finite before the optimizer steps.
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ class TrainingError(UserError, RuntimeError):
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped a run inside a longer job (a sweep, the demo): its checkpoint is written, and
     the job must stop too instead of going on with a half-trained model. The CLI exits with status 130."""
+
+
+def host_floats(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Step scalars as Python floats; the 0-d tensors among them come over in one transfer (one sync)."""
+    tensors = {key: value for key, value in values.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        return dict(values)
+    transferred = torch.stack([value.to(torch.float64).reshape(()) for value in tensors.values()]).tolist()
+    floats = dict(zip(tensors, transferred))
+    return {key: floats.get(key, value) for key, value in values.items()}
 
 
 @dataclass
@@ -208,8 +222,9 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step (``grad_accum`` micro-batches); returns the logged scalars."""
+    def train_step(self) -> dict[str, float | torch.Tensor]:
+        """One optimizer step (``grad_accum`` micro-batches); returns this process's step scalars, some as
+        0-d device tensors (see :func:`host_floats`), with ``skipped = 1.0`` when the step was not taken."""
         config, train = self.config, self.config.train
         torch.manual_seed(step_seed(train.seed, self.step))
         lr = learning_rate(config, self.step)
@@ -217,11 +232,14 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {}
+        totals: dict[str, float | torch.Tensor] = {}
         for micro in range(train.grad_accum):
             micro_step = self.step * train.grad_accum + micro
             waited = time.perf_counter()
-            audio = next(self._batches).to(self.device) if self._batches is not None else self.local_crops(micro_step)
+            if self._batches is not None:
+                audio = next(self._batches).to(self.device, non_blocking=True)
+            else:
+                audio = self.local_crops(micro_step)
             self.data_wait_seconds += time.perf_counter() - waited
             with self._autocast():
                 self._skip_noise(self.dist.rank)
@@ -232,19 +250,23 @@ class Trainer:
                 if self.discriminator is not None:
                     loss = loss + self._adversarial_terms(audio, decoded, terms)
             (loss / train.grad_accum).backward()
-            scalars = {"loss": float(loss.detach()), "loss/rate_penalty": float(encoded.penalty.detach()),
-                       **{f"loss/{k}": float(v.detach()) for k, v in terms.items()},
-                       "rate/kbps": rate.bits_per_frame_to_kbps(float(encoded.bits_per_frame.detach().mean()),
+            scalars = {"loss": loss.detach(), "loss/rate_penalty": encoded.penalty.detach(),
+                       **{f"loss/{k}": v.detach() for k, v in terms.items()},
+                       "rate/kbps": rate.bits_per_frame_to_kbps(encoded.bits_per_frame.detach().mean(),
                                                                 self.model.frame_rate),
-                       "latent/std": float(encoded.z.detach().float().std()), **encoded.metrics}
+                       "latent/std": encoded.z.detach().float().std(), **encoded.metrics}
             if encoded.kl_nats_per_frame is not None:
-                scalars["rate/kl_nats_per_frame"] = float(encoded.kl_nats_per_frame.detach().mean())
+                scalars["rate/kl_nats_per_frame"] = encoded.kl_nats_per_frame.detach().mean()
             for key, value in scalars.items():
+                if isinstance(value, torch.Tensor):
+                    value = value.to(torch.float64)
                 totals[key] = totals.get(key, 0.0) + value / train.grad_accum
-        if self.dist.active:
-            totals = dict(zip(totals, mean_over_ranks(list(totals.values()))))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
-        if not (math.isfinite(totals["loss"]) and math.isfinite(float(grad_norm))):
+        finite = torch.isfinite(totals["loss"]) & torch.isfinite(grad_norm)
+        nonfinite_ranks = 1.0 - float(finite)
+        if self.dist.active:
+            nonfinite_ranks = mean_over_ranks([nonfinite_ranks])[0]
+        if nonfinite_ranks > 0:
             self.optimizer.zero_grad(set_to_none=True)
             totals["skipped"] = 1.0
             return totals
@@ -255,7 +277,7 @@ class Trainer:
                     ema_param.lerp_(param, 1 - train.ema_decay)
                 for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
                     ema_buffer.copy_(buffer)
-        totals.update({"grad_norm": float(grad_norm), "lr": lr})
+        totals.update({"grad_norm": grad_norm.detach(), "lr": lr})
         if config.rate.target_kbps is not None:
             totals["rate/target_kbps"] = config.rate.target_kbps
         return totals
@@ -380,7 +402,7 @@ class Trainer:
                     self.bad_steps += 1
                     log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step,
                                 self.bad_steps)
-                    logger.log(self.step, {"skipped": 1.0, "loss": scalars["loss"]})
+                    logger.log(self.step, {"skipped": 1.0, "loss": host_floats({"loss": scalars["loss"]})["loss"]})
                     if self.bad_steps >= train.max_bad_steps:
                         self.save()
                         raise TrainingError(
@@ -392,9 +414,12 @@ class Trainer:
                 self.bad_steps = 0
                 self.step += 1
                 scalars.update(self.calibrate_rate())
-                last = scalars
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
+                    scalars = host_floats(scalars)
+                    if self.dist.active:
+                        scalars = dict(zip(scalars, mean_over_ranks(list(scalars.values()))))
+                    last = scalars
                     scalars["seconds"] = time.time() - started
                     scalars["time/calibration_share"] = self.calibration_seconds / max(scalars["seconds"], 1e-9)
                     scalars["time/data_wait_share"] = self.data_wait_seconds / max(scalars["seconds"], 1e-9)

@@ -1,0 +1,44 @@
+"""The package's layering, read from the source: who may import whom."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import targetkl
+
+PACKAGE = Path(targetkl.__file__).parent
+
+
+def _imports(module_path: Path) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` for every import in the file, relative imports resolved against the package."""
+    tree = ast.parse(module_path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.module, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("control.py", "targetkl.train"),  # rate control is usable without the trainer
+    ("bitstream.py", "targetkl.eval"),  # the file format computes no metrics
+    ("collectives.py", "targetkl."),  # bottom layer
+    ("fileio.py", "targetkl."),  # bottom layer
+    ("errors.py", "targetkl."),  # every CLI call imports it: it must not load the package
+])
+def test_lower_layers_do_not_import_upper_ones(module, forbidden):
+    imported = [name for name, _ in _imports(PACKAGE / module)]
+    assert not [name for name in imported if name.startswith(forbidden)], imported
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = []
+    for path in PACKAGE.rglob("*.py"):
+        for module, names in _imports(path):
+            if module.startswith("targetkl"):
+                private += [f"{path.relative_to(PACKAGE)}: {module}.{name}" for name in names
+                            if name.startswith("_") and not name.startswith("__")]
+    assert not private
