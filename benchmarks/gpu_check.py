@@ -5,7 +5,8 @@
 1. ``dacvae-48k`` (48 kHz, 40 Hz, 128 channels, adversarial losses) trains ``--steps`` steps in bf16 on a
    generated 10-minute 48 kHz corpus: steps per second (after the first 20, which include compilation of
    kernels and cuDNN autotuning), peak GPU memory, the share of time spent waiting for data and the
-   share spent in the rate calibration (both logged by the trainer).
+   share spent in the rate calibration (both logged by the trainer), and the CUDA synchronizations of an
+   unlogged step (one is expected: the finite-loss check).
 2. ``eval`` (without PESQ/STOI/ViSQOL) and ``pre-encode`` of the run on CUDA, timed.
 3. A 10-minute file encoded and decoded in chunks on CUDA (``targetkl encode`` / ``decode``), timed, with
    the peak GPU memory of that step.
@@ -43,6 +44,22 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
+def syncs_per_step(trainer: Trainer, steps: int) -> float:
+    """Mean CUDA synchronizations per unlogged training step (``torch.cuda.set_sync_debug_mode``)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.train_step()
+                trainer.step += 1
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=200)
@@ -74,6 +91,7 @@ def main() -> None:
                        "loader_workers": trainer.workers,
                        "last_rate_kbps": train_rows[-1].get("rate/kbps"),
                        "target_kbps": config.rate.target_kbps}
+    report["train"]["syncs_per_step"] = syncs_per_step(trainer, steps=10)
     result, seconds = timed(evaluate_run, out / "run", corpus, perceptual=False, progress=False, device="cuda")
     report["eval"] = {"seconds": seconds, "clips": result["clips"], "rate_kbps": result["rate_kbps"],
                       "mel_distance": result["mel_distance"]}
