@@ -93,12 +93,13 @@ HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
 
 
 @pytest.mark.parametrize("bottleneck,controller,reads_per_step", [
-    ("vae", "target", 1), ("vae", "capacity", 1), ("vae", "lagrange", 3), ("rvq", "target", 1), ("ae", "target", 1)])
+    ("vae", "target", 1), ("vae", "capacity", 1), ("vae", "lagrange", 1), ("vae", "pi", 3), ("rvq", "target", 1),
+    ("ae", "target", 1)])
 def test_a_training_step_reads_the_device_once_or_as_its_controller_needs(small_corpus, tmp_path, monkeypatch,
                                                                           bottleneck, controller, reads_per_step):
     """Between logged steps, the only device-to-host read in this package's code during a step is its
-    finite-loss check, plus the batch KL of each forward for a feedback controller (``lagrange``, two
-    micro-batches). Reads inside
+    finite-loss check, plus the batch KL of each forward for a feedback controller that reads it on the host
+    (``pi``, two micro-batches). Reads inside
     torch's C++ (RVQ's dead-code search) are not counted here; ``benchmarks/gpu_check.py`` reports those."""
     config = quick_config(model={"bottleneck": bottleneck}, rate={"controller": controller, "free_steps": 2,
                                                                   "warmup_steps": 2, "calibrate_every": 0},

@@ -22,3 +22,14 @@ def mean_over_ranks(values: list[float]) -> list[float]:
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
     return (tensor / size).cpu().tolist()
+
+
+def mean_tensor_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Average a tensor over all processes without leaving its device (no host synchronization); the
+    identity in a single process. The tensor must live where the backend reduces (CUDA for NCCL)."""
+    size = world_size()
+    if size == 1:
+        return tensor
+    reduced = tensor.clone()
+    dist.all_reduce(reduced)
+    return reduced / size

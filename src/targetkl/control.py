@@ -52,7 +52,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from targetkl.collectives import mean_over_ranks
+from targetkl.collectives import mean_over_ranks, mean_tensor_over_ranks
 from targetkl.config import RateConfig
 from targetkl.nn.host_scalars import read_scalar, write_scalar
 
@@ -84,8 +84,8 @@ class KLController(nn.Module):
     A subclass sets ``name``, implements :meth:`penalty` (and :meth:`update` for feedback state) and is
     registered with :func:`register_controller`. ``has_goal = False`` for one without a target rate;
     ``sanity_settings`` are the ``RateConfig`` values it uses on the Shannon-limit check's source;
-    ``reads_batch_kl = True`` for feedback that needs each training batch's mean KL as a Python float in
-    :meth:`update` (one device synchronization per forward; the others are given ``None`` and cost none).
+    ``reads_batch_kl = True`` for feedback that needs each training batch's mean KL in :meth:`update` (a 0-d
+    float64 tensor on the model's device, averaged over ranks; the others are given ``None``).
 
     State lives in 0-d buffers read through :func:`~targetkl.nn.host_scalars.read_scalar`, so reading a
     counter or a multiplier does not wait for the GPU.
@@ -181,9 +181,9 @@ class KLController(nn.Module):
         """``kl``: ``(n,)`` nats per frame; returns the mean penalty over the ``n`` entries."""
         raise NotImplementedError
 
-    def update(self, batch_kl: float | None) -> None:
+    def update(self, batch_kl: torch.Tensor | None) -> None:
         """Advance the controller's state after a training forward with batch-mean KL ``batch_kl`` (nats per
-        frame, averaged over ranks; ``None`` unless the class ``reads_batch_kl``)."""
+        frame, a 0-d tensor averaged over ranks; ``None`` unless the class ``reads_batch_kl``)."""
 
     def metrics(self) -> dict[str, float]:
         return {}
@@ -198,11 +198,12 @@ class KLController(nn.Module):
         records_free_kl = training and self.anneals_goal() and forwards < max(self.free_steps, 1)
         settled = training and self.ramp() >= 1.0
         batch_kl = None
-        if records_free_kl or (settled and self.reads_batch_kl):
-            batch_kl = mean_over_ranks([float(kl_per_clip.detach().mean())])[0]
+        if settled and self.reads_batch_kl:
+            batch_kl = mean_tensor_over_ranks(kl_per_clip.detach().mean().to(torch.float64))
         if records_free_kl:
+            free_kl = mean_over_ranks([float(kl_per_clip.detach().mean())])[0]
             previous = read_scalar(self, "free_kl")
-            write_scalar(self, "free_kl", batch_kl if forwards == 0 else 0.9 * previous + 0.1 * batch_kl)
+            write_scalar(self, "free_kl", free_kl if forwards == 0 else 0.9 * previous + 0.1 * free_kl)
         value = self.weight_ramp() * self.penalty(self._per_scope(kl_per_clip))
         if training:
             if settled:
@@ -269,7 +270,7 @@ class Capacity(KLController):
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         return self.weight * (kl - self.capacity()).abs().mean()
 
-    def update(self, batch_kl: float | None) -> None:
+    def update(self, batch_kl: torch.Tensor | None) -> None:
         write_scalar(self, "step", read_scalar(self, "step") + 1)
 
     def metrics(self) -> dict[str, float]:
@@ -309,8 +310,9 @@ class PIController(KLController):
         beta = min(max(kp * error + ki * integral, beta_min), beta_max)
         return beta, integral
 
-    def update(self, batch_kl: float | None) -> None:
-        error = (batch_kl - self.goal()) / self.goal()
+    def update(self, batch_kl: torch.Tensor | None) -> None:
+        """Reads the batch KL on the host: one synchronization per training forward."""
+        error = (float(batch_kl) - self.goal()) / self.goal()
         beta, integral = self.step_rule(error, read_scalar(self, "integral"), self.kp, self.ki, self.beta_min,
                                         self.beta_max)
         write_scalar(self, "beta", beta)
@@ -334,24 +336,27 @@ class Lagrange(KLController):
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         violation = kl - self.goal()
-        multiplier = read_scalar(self, "multiplier")
+        multiplier = self.multiplier.clone()  # the update after this forward changes the buffer in place
         return (multiplier * violation + 0.5 * self.weight * (violation / self.scale()).pow(2)).mean()
 
     @staticmethod
-    def step_rule(multiplier: float, batch_kl: float, target: float, lr: float) -> float:
-        """Dual ascent on the relative violation: ``lambda + lr * clip((KL - target) / target, -1, 1)``.
+    def step_rule(multiplier, batch_kl, target: float, lr: float):
+        """Dual ascent on the relative violation: ``lambda + lr * clip((KL - target) / target, -1, 1)``, on
+        Python floats or (without leaving the device) on 0-d tensors.
 
         The clip bounds how far one early batch (an untrained encoder can be 10x off target) moves the
         multiplier, so the start of training does not wind it up.
         """
-        return multiplier + lr * min(max((batch_kl - target) / target, -1.0), 1.0)
+        relative = (batch_kl - target) / target
+        if isinstance(relative, torch.Tensor):
+            return multiplier + lr * relative.clamp(-1.0, 1.0)
+        return multiplier + lr * min(max(relative, -1.0), 1.0)
 
-    def update(self, batch_kl: float | None) -> None:
-        multiplier = self.step_rule(read_scalar(self, "multiplier"), batch_kl, self.goal(), self.lr)
-        write_scalar(self, "multiplier", multiplier)
+    def update(self, batch_kl: torch.Tensor | None) -> None:
+        self.multiplier.copy_(self.step_rule(self.multiplier, batch_kl, self.goal(), self.lr))
 
-    def metrics(self) -> dict[str, float]:
-        return {"control/multiplier": read_scalar(self, "multiplier")}
+    def metrics(self) -> dict[str, float | torch.Tensor]:
+        return {"control/multiplier": self.multiplier.detach().clone()}
 
 
 def build_controller(config: RateConfig, target_nats: float | None) -> KLController:
