@@ -70,22 +70,16 @@ class RateConfig:
     (every clip's mean KL is pulled to the target: a constant bitrate). The default, ``lagrange`` with
     ``scope='clip'``, is the target-KL loss ``weight/2 * ((KL - KL_target) / KL_target)^2`` on each clip
     plus a multiplier that removes its steady offset. The weight is per squared relative error, so 10%
-    off costs the same at 0.5 and at 8 kbps (an absolute weight let 0.5 kbps wander by +-10%). It sets
-    how equal the clips' rates are: at 8 the rates of 1-second held-out clips spread by 5-7% around
-    their mean, and 18 held-out clips then miss the target by 1-2% by chance alone; at 64 they spread
-    by 1.5% and land within 0.6%. ``edge_frames`` frames at each end of a training crop are
-    left out of the controlled KL (see ``targetkl.control``).
+    off costs the same at every target; it sets how equal the clips' rates are. ``edge_frames`` frames
+    at each end of a training crop are left out of the controlled KL (see ``targetkl.control``).
 
-    The penalty is off for the first ``free_steps`` training forwards. Measured on the demo corpus: with
-    the penalty on from step 0 the tiny decoder learned to ignore its latent (held-out mel distance 1.11
-    at every rate, a constant output) while the encoder still spent the target KL by shrinking sigma.
-    Over the next ``warmup_steps`` the rate comes down: ``warmup='weight'`` (default) ramps the weight
-    with the goal at the target, which squeezes low targets within a few steps; ``'goal'`` anneals the
-    goal geometrically from the free phase's KL to the target at full penalty weight (see
-    ``targetkl.control``). ``noise_ramp`` (default on) scales the posterior noise of training forwards by
-    the same ramp: the free phase trains a plain autoencoder on the posterior mean, and the noise comes
-    in with the penalty. With full noise from step 0 the decoder could give up the latent in the free
-    phase (see docs/low-rates.md).
+    The penalty is off for the first ``free_steps`` training forwards; over the next ``warmup_steps`` the
+    rate comes down: ``warmup='weight'`` (default) ramps the weight with the goal at the target;
+    ``'goal'`` anneals the goal geometrically from the free phase's KL to the target at full penalty
+    weight (see ``targetkl.control``). ``noise_ramp`` (default on) scales the posterior noise of training
+    forwards by the same ramp: the free phase trains a plain autoencoder on the posterior mean, and the
+    noise comes in with the penalty. The measurements behind these defaults are in
+    ``docs/experiments.md`` and ``docs/low-rates.md``.
 
     ``kl_lambda`` gives the ``target`` controller the paper's absolute weight: ``kl_lambda * (KL - KL_target)^2``
     per nat squared (the paper used 1, 2 and 10) instead of ``weight`` per squared relative error.

@@ -25,20 +25,16 @@ several percent (the held-out rate is measured on whole clips).
 
 Every controller's penalty is off for the first ``free_steps`` training forwards (optimizer steps times
 ``train.grad_accum``): an autoencoder-like start lets the decoder learn to use the latent before the
-rate is squeezed (pressed from step 0, the tiny model's decoder ignored its latent). Then, over
-``warmup_steps`` forwards, ``warmup`` decides how the rate comes down to the target:
+rate is squeezed. Then, over ``warmup_steps`` forwards, ``warmup`` decides how the rate comes down to
+the target:
 
 - ``weight`` (default): the goal is the target from the start and the penalty's weight ramps linearly
   from 0 to full.
 - ``goal``: the penalty is at full weight at once, but its goal moves geometrically from the KL the
   free phase reached (``free_kl``, a moving average) to the target, so the encoder sheds bits a few
-  percent per step. ``fixed`` has no goal and always ramps its weight. The free phase ends near 9 kbps;
-  against a 0.1 kbps target that is a relative error of about 90, and with the weight ramp even 1% of
-  the weight squeezed the rate to the target within a few steps (held-out mel distance 0.91 with the
-  weight ramp vs 0.71 with the goal at 0.1 kbps, 1.05 vs 0.78 at 0.05 kbps; one seed, one thread).
-  It is not the default: those runs' held-out rates landed 0.9-2.2% off target, and two-thread runs
-  that combined it with the noise-floor corpus and the scaled init missed 0.5 kbps by 1.2% and 4.3%,
-  where the weight ramp lands within 1% (see the README).
+  percent per step. ``fixed`` has no goal and always ramps its weight.
+
+Why these defaults, with the measurements: ``docs/experiments.md``.
 
 Either way, feedback state (multiplier, PI integral) and the calibration wait until the warmup is over.
 

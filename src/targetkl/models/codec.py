@@ -147,15 +147,10 @@ def build_codec(config: Config) -> Codec:
 def initialize_weights(codec: nn.Module) -> None:
     """Start every conv so that a signal keeps its scale along the main path and each residual unit is the identity.
 
-    PyTorch's default conv init multiplies a signal's variance by about 1/3 per layer and draws random biases,
-    so after the encoder's strided convs the latent mean of every clip is the same few biases (its spread
-    between clips was 0.001 against a posterior std near 0.7) and the decoder ignores it; training then
-    finds the collapsed optimum first on some seeds. Here each conv's weight rows have unit norm per
-    output (variance preserving for unit-variance inputs), biases are zero (as in DAC) and the last 1x1
-    conv of every residual branch has ``g = 0``, so ``x + branch(x) = x`` at step 0 and the branches
-    grow in from there (Fixup/ReZero style). Used with ``model.init=scaled``; it is not the default: it
-    kept the latent through the free phase on seeds 0-3, but its two-thread 0.5 kbps run landed +1.2%
-    off target on held-out clips, outside the 1% the default init meets (see the README's status).
+    Each conv's weight rows get unit norm per output (variance preserving for unit-variance inputs), biases
+    are zero (as in DAC) and the last 1x1 conv of every residual branch has ``g = 0``, so ``x + branch(x) = x``
+    at step 0 and the branches grow in from there (Fixup/ReZero style). Used with ``model.init=scaled``;
+    PyTorch's default init is the default (why: ``docs/experiments.md``).
     """
     with torch.no_grad():
         for module in codec.modules():
