@@ -88,6 +88,10 @@ def test_corrupt_files_are_skipped_with_their_path(tmp_path, caplog):
     assert set(audio_set.skipped) == {"clips/broken.wav", "clips/empty.wav"}
     assert "clips/broken.wav" in caplog.text
     assert all(c.caption for c in audio_set.clips)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # training indexes once per split: each file's problem is said once
+        again = load_folder(tmp_path, 16000, "all", progress=False)
+    assert set(again.skipped) == {"clips/broken.wav", "clips/empty.wav"} and "skipping" not in caplog.text
 
 
 def test_empty_and_missing_folders_are_clear_errors(tmp_path):

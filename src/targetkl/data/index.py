@@ -428,12 +428,22 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
         except OSError as error:
             log.warning("could not cache the index in %s (%s); it will be rebuilt next time", cache, error.strerror)
     for path, reason in skipped.items():
-        log.warning("skipping %s: %s", path, reason)
+        _warn_once(f"skipping {path}: {reason}")
     probed = {candidate["path"] for candidate, _ in to_probe}
     for entry in entries:
         if entry.warning and entry.path in probed:
-            log.warning("%s: %s; using what it holds", entry.path, entry.warning)
+            _warn_once(f"{entry.path}: {entry.warning}; using what it holds")
     return CorpusIndex(source, kind, entries, skipped, cache)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Log a file's problem once per process (training indexes its corpus once per split)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def _drop_none(row: dict) -> dict:
