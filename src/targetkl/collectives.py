@@ -14,14 +14,12 @@ def world_size() -> int:
 
 def mean_over_ranks(values: list[float]) -> list[float]:
     """Average floats over all processes (the identity in a single process)."""
-    size = world_size()
-    if size == 1:
+    if world_size() == 1:
         return values
     tensor = torch.tensor(values, dtype=torch.float64)
     if dist.get_backend() == "nccl":
         tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return (tensor / size).cpu().tolist()
+    return mean_tensor_over_ranks(tensor).cpu().tolist()
 
 
 def mean_tensor_over_ranks(tensor: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from torch import nn
 
 from targetkl.collectives import mean_over_ranks, mean_tensor_over_ranks
 from targetkl.config import RateConfig
-from targetkl.nn.host_scalars import read_scalar, write_scalar
+from targetkl.nn.host_scalars import increment_scalar, read_scalar, write_scalar
 
 
 def free_start_ramp(forwards: int, free_steps: int, warmup_steps: int) -> float:
@@ -204,7 +204,7 @@ class KLController(nn.Module):
         if training:
             if settled:
                 self.update(batch_kl)
-            write_scalar(self, "forwards", forwards + 1)
+            increment_scalar(self, "forwards")
         return value
 
 
@@ -267,7 +267,7 @@ class Capacity(KLController):
         return self.weight * (kl - self.capacity()).abs().mean()
 
     def update(self, batch_kl: torch.Tensor | None) -> None:
-        write_scalar(self, "step", read_scalar(self, "step") + 1)
+        increment_scalar(self, "step")
 
     def metrics(self) -> dict[str, float]:
         return {"control/capacity_nats": self.capacity()}

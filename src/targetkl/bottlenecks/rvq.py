@@ -21,7 +21,7 @@ from torch import nn
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
 from targetkl.control import free_start_ramp
 from targetkl.nn import wn_conv1d
-from targetkl.nn.host_scalars import read_scalar, write_scalar
+from targetkl.nn.host_scalars import increment_scalar, read_scalar
 
 USAGE_DECAY = 0.99
 DEAD_SHARE = 0.1
@@ -154,7 +154,7 @@ class RVQBottleneck(Bottleneck):
         weight = self.quantization_weight()
         z = quantized if weight >= 1.0 else h + weight * (quantized - h)
         if self.training and torch.is_grad_enabled():
-            write_scalar(self, "forwards", read_scalar(self, "forwards") + 1)
+            increment_scalar(self, "forwards")
         metrics = {"rvq/commitment": commitment.detach(), "rvq/codebook": codebook_loss.detach(),
                    "rvq/quantization_weight": weight, "rvq/distinct_codes": self.distinct_codes(all_codes)}
         return BottleneckOutput(z=z, kl_nats_per_frame=None, bits_per_frame=bits,

@@ -19,8 +19,8 @@ from torch import nn
 _CACHE = "_host_scalar_cache"
 
 
-def _matches(cached: tuple, buffer: torch.Tensor) -> bool:
-    reference, pointer, version = cached
+def _matches(entry: tuple, buffer: torch.Tensor) -> bool:
+    reference, pointer, version, _ = entry
     return reference() is buffer and pointer == buffer.data_ptr() and version == buffer._version
 
 
@@ -47,7 +47,7 @@ def read_scalar(module: nn.Module, name: str) -> float | int:
     """The value of the 0-d buffer ``module.<name>``; synchronizes only when the buffer changed on the device."""
     buffer = getattr(module, name)
     cached = _cache(module).get(name)
-    if cached is not None and _matches(cached[:3], buffer):
+    if cached is not None and _matches(cached, buffer):
         return cached[3]
     value = _python_number(buffer, buffer.item())
     _cache(module)[name] = _entry(buffer, value)
@@ -60,3 +60,8 @@ def write_scalar(module: nn.Module, name: str, value: float | int) -> None:
     value = _python_number(buffer, value)
     buffer.fill_(value)
     _cache(module)[name] = _entry(buffer, value)
+
+
+def increment_scalar(module: nn.Module, name: str) -> None:
+    """Add 1 to the counter buffer ``module.<name>`` (no synchronization once it was read or written)."""
+    write_scalar(module, name, read_scalar(module, name) + 1)

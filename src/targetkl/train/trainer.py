@@ -35,6 +35,7 @@ from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_di
                              lsgan_generator_loss)
 from targetkl.models.codec import build_codec
 from targetkl.models.discriminators import build_discriminator
+from targetkl.collectives import mean_tensor_over_ranks
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
 from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
                                        state_dict_for_file)
@@ -53,14 +54,14 @@ class TrainingInterrupted(Exception):
     the job must stop too instead of going on with a half-trained model. The CLI exits with status 130."""
 
 
-def host_floats(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
-    """Step scalars as Python floats; the 0-d tensors among them come over in one transfer (one sync)."""
-    tensors = {key: value for key, value in values.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        return dict(values)
-    transferred = torch.stack([value.to(torch.float64).reshape(()) for value in tensors.values()]).tolist()
-    floats = dict(zip(tensors, transferred))
-    return {key: floats.get(key, value) for key, value in values.items()}
+def host_floats(values: dict[str, float | torch.Tensor], over_ranks: bool = False) -> dict[str, float]:
+    """Step scalars (Python numbers and 0-d device tensors) as Python floats, in one transfer (one sync);
+    with ``over_ranks``, averaged over the processes first, on the device."""
+    device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values.values()])
+    if over_ranks:
+        stacked = mean_tensor_over_ranks(stacked)
+    return dict(zip(values, stacked.tolist()))
 
 
 @dataclass
@@ -402,7 +403,7 @@ class Trainer:
                     self.bad_steps += 1
                     log.warning("step %d: non-finite loss or gradient, step skipped (%d in a row)", self.step,
                                 self.bad_steps)
-                    logger.log(self.step, {"skipped": 1.0, "loss": host_floats({"loss": scalars["loss"]})["loss"]})
+                    logger.log(self.step, {"skipped": 1.0, "loss": scalars["loss"]})
                     if self.bad_steps >= train.max_bad_steps:
                         self.save()
                         raise TrainingError(
@@ -416,10 +417,7 @@ class Trainer:
                 scalars.update(self.calibrate_rate())
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
-                    scalars = host_floats(scalars)
-                    if self.dist.active:
-                        scalars = dict(zip(scalars, mean_over_ranks(list(scalars.values()))))
-                    last = scalars
+                    scalars = last = host_floats(scalars, over_ranks=self.dist.active)
                     scalars["seconds"] = time.time() - started
                     scalars["time/calibration_share"] = self.calibration_seconds / max(scalars["seconds"], 1e-9)
                     scalars["time/data_wait_share"] = self.data_wait_seconds / max(scalars["seconds"], 1e-9)
