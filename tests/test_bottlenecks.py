@@ -46,7 +46,7 @@ def test_gaussian_contract_and_bits():
     expected_std = torch.nn.functional.softplus(h[:, 4:]) + 1e-4
     assert torch.allclose(out.std, expected_std)
     # target penalty: weight * ((batch-mean KL of the frames between the edge frames - target) / target)^2
-    weight = RateConfig().weight
+    weight = RateConfig().target.weight
     expected = weight * ((float(out.kl_nats_per_frame[:, 1:4].mean()) - 10.0) / 10.0) ** 2
     assert float(out.penalty) == pytest.approx(expected, rel=1e-5)
 

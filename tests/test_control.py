@@ -1,13 +1,24 @@
+import dataclasses
+
 import pytest
 import torch
 
 from targetkl.config import RateConfig as DefaultRateConfig
 from targetkl.control import Capacity, Lagrange, PIController, build_controller
 
+SHARED = {field.name for field in dataclasses.fields(DefaultRateConfig)}
+
+
+def rate_config(**values) -> DefaultRateConfig:
+    """Shared rate settings and the controller's own (``weight``, ``lr``, ...) from one list of keywords."""
+    shared = {key: value for key, value in values.items() if key in SHARED}
+    own = {key: value for key, value in values.items() if key not in SHARED}
+    return DefaultRateConfig(**shared).with_settings(**own)
+
 
 def RateConfig(**values) -> DefaultRateConfig:
     """Rate settings with the penalty at full weight from the first forward, for update-rule checks."""
-    return DefaultRateConfig(**{"free_steps": 0, "warmup_steps": 0, **values})
+    return rate_config(**{"free_steps": 0, "warmup_steps": 0, **values})
 
 
 def test_pi_rule_integrates_and_clamps_without_windup():
@@ -25,7 +36,7 @@ def test_pi_rule_integrates_and_clamps_without_windup():
 
 
 def test_pi_controller_on_a_toy_sequence():
-    controller = build_controller(RateConfig(controller="pi", pi_kp=0.1, pi_ki=0.05), target_nats=10.0).train()
+    controller = build_controller(RateConfig(controller="pi", kp=0.1, ki=0.05), target_nats=10.0).train()
     betas = []
     for kl in (20.0, 20.0, 15.0, 5.0):
         with torch.enable_grad():
@@ -40,7 +51,7 @@ def test_lagrange_dual_ascent_and_penalty():
     # A batch 10x over target moves the multiplier by at most lr (the relative error is clipped to 1).
     assert Lagrange.step_rule(0.0, 100.0, 10.0, lr=0.5) == pytest.approx(0.5)
     assert Lagrange.step_rule(0.0, 0.0, 10.0, lr=0.5) == pytest.approx(-0.5)
-    controller = build_controller(RateConfig(controller="lagrange", lagrange_lr=0.5, weight=2.0), 10.0).train()
+    controller = build_controller(RateConfig(controller="lagrange", lr=0.5, weight=2.0), 10.0).train()
     kl = torch.tensor([[12.0]], requires_grad=True)
     penalty = controller(kl)
     squared = 0.5 * 2.0 * (2 / 10) ** 2  # weight/2 * (relative violation)^2
@@ -51,7 +62,7 @@ def test_lagrange_dual_ascent_and_penalty():
 
 
 def test_capacity_anneals_and_clip_scope():
-    controller = Capacity(RateConfig(controller="capacity", capacity_anneal_steps=4, weight=1.0), 8.0).train()
+    controller = Capacity(RateConfig(controller="capacity", anneal_steps=4, weight=1.0), 8.0).train()
     assert controller.capacity() == 0.0
     with torch.enable_grad():
         controller(torch.tensor([[1.0], [3.0]]))
@@ -82,8 +93,8 @@ def test_edge_frames_are_left_out_of_the_controlled_kl():
 
 
 def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight():
-    controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
-                                                    warmup_steps=4, edge_frames=0), 10.0).train()
+    controller = build_controller(rate_config(controller="lagrange", weight=2.0, lr=0.5, free_steps=2,
+                                              warmup_steps=4, edge_frames=0), 10.0).train()
     assert controller.warmup == "weight"
     kl = torch.tensor([[12.0]], requires_grad=True)
     penalties, multipliers = [], []
@@ -104,8 +115,8 @@ def test_penalty_is_free_then_ramps_in_and_the_multiplier_waits_for_full_weight(
 def test_goal_warmup_starts_from_the_free_phase_kl_and_comes_down_geometrically():
     """Full weight right after the free phase, with the goal on the geometric path from the free phase's KL
     (a 0.9/0.1 moving average: 80 -> 80, 80) down to the 10-nat target; the multiplier waits for the target."""
-    controller = build_controller(DefaultRateConfig(controller="lagrange", weight=2.0, lagrange_lr=0.5, free_steps=2,
-                                                    warmup_steps=4, edge_frames=0, warmup="goal"), 10.0).train()
+    controller = build_controller(rate_config(controller="lagrange", weight=2.0, lr=0.5, free_steps=2,
+                                              warmup_steps=4, edge_frames=0, warmup="goal"), 10.0).train()
     free = [float(controller(torch.tensor([[80.0]]))) for _ in range(2)]
     assert free == [0.0, 0.0] and float(controller.free_kl) == pytest.approx(80.0)
     goals, penalties = [], []
@@ -149,29 +160,48 @@ def test_a_registered_toy_controller_trains_without_touching_trainer_config_or_c
     import json
 
     from conftest import quick_config
+    from targetkl.config import ENTRY_SETTINGS, ConfigError, load_run_config, resolve
     from targetkl.control import CONTROLLERS, KLController, register_controller
     from targetkl.train.trainer import Trainer
 
     @register_controller
     class HalfDistance(KLController):
-        """weight * |KL - goal| / 2: a controller no module of the package knows."""
+        """scale * |KL - goal|: a controller no module of the package knows, with a setting of its own."""
 
         name = "toy-half-distance"
 
+        @dataclasses.dataclass
+        class Settings:
+            scale: float = 0.5
+
+            def check(self, path):
+                if not self.scale > 0:
+                    raise ConfigError(f"{path}.scale must be positive")
+
         def penalty(self, kl):
-            return 0.5 * (kl - self.goal()).abs().mean()
+            return self.settings.scale * (kl - self.goal()).abs().mean()
 
     try:
-        config = quick_config(rate={"controller": "toy-half-distance"}, train={"steps": 2, "checkpoint_every": 2})
+        resolved = resolve("tiny", assignments=["rate.toy-half-distance.scale=3"])
+        assert resolved.rate.entries[HalfDistance.name].scale == 3
+        with pytest.raises(ConfigError, match="toy-half-distance.scale must be positive"):
+            resolve("tiny", assignments=["rate.controller=toy-half-distance", "rate.toy-half-distance.scale=0"])
+        config = quick_config(rate={"controller": "toy-half-distance", "toy-half-distance": {"scale": 0.25}},
+                              train={"steps": 2, "checkpoint_every": 2})
         trainer = Trainer(config, small_corpus, tmp_path / "toy", progress=False)
         assert isinstance(trainer.model.bottleneck.rate_controller, HalfDistance)
+        assert trainer.model.bottleneck.rate_controller.settings.scale == 0.25
         trainer.run()
         rows = [json.loads(line) for line in (tmp_path / "toy" / "metrics.jsonl").read_text().splitlines()]
         train_rows = [row for row in rows if row["split"] == "train"]
         assert [row["step"] for row in train_rows] == [1, 2]
         assert all(row["loss/rate_penalty"] > 0 for row in train_rows)  # quick_config has no free start
+        saved = json.loads((tmp_path / "toy" / "config.json").read_text())
+        assert saved["rate"]["toy-half-distance"] == {"scale": 0.25}
+        assert load_run_config(tmp_path / "toy").rate.entries[HalfDistance.name].scale == 0.25
     finally:
         CONTROLLERS.pop("toy-half-distance")
+        ENTRY_SETTINGS["rate"].pop("toy-half-distance")
 
 
 def test_unknown_controller_and_bottleneck_list_the_registry():

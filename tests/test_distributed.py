@@ -20,7 +20,7 @@ STEPS = 4
 
 def _config(batch_size):
     return quick_config(train={"steps": STEPS, "batch_size": batch_size, "checkpoint_every": STEPS},
-                        rate={"controller": "lagrange", "scope": "clip", "lagrange_lr": 0.1})
+                        rate={"controller": "lagrange", "scope": "clip", "lagrange": {"lr": 0.1}})
 
 
 def _worker(rank, world_size, port, data, out):

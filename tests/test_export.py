@@ -38,7 +38,7 @@ def test_oobleck_codec_shapes_and_preset():
 def test_oobleck_trains_with_the_other_bottlenecks(bottleneck, small_corpus, tmp_path):
     run = tmp_path / bottleneck
     assert main(["train", "--data", str(small_corpus), "--out", str(run), *OOBLECK, "--bottleneck", bottleneck,
-                 "--set", "model.rvq_codebooks=2", "-q"]) == 0
+                 "--set", "model.rvq.codebooks=2", "-q"]) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in metrics if row["split"] == "train"][-1] == 3
 

@@ -200,7 +200,7 @@ def test_the_paper_preset_has_its_shape_and_trains_two_steps(tmp_path, small_cor
     small = resolve("dacvae-48k", assignments=[
         "model.encoder_dim=4", "model.decoder_dim=32", "model.latent_dim=8", "train.steps=2", "train.batch_size=1",
         "train.checkpoint_every=2", "data.segment_seconds=0.1", "rate.free_steps=0", "rate.warmup_steps=0",
-        "rate.calibrate_clips=1", "rate.calibrate_seconds=0.2", "rate.kl_lambda=2", "rate.controller=target",
+        "rate.calibrate_clips=1", "rate.calibrate_seconds=0.2", "rate.target.kl_lambda=2", "rate.controller=target",
         "rate.target_kbps=0.5", "loss.discriminator_periods=2,3", "loss.discriminator_stft_windows=512"])
     torch.manual_seed(0)
     assert build_codec(small).hop == 1200
@@ -214,5 +214,5 @@ def test_target_nats_and_kl_lambda_on_the_command_line(tmp_path, small_corpus):
     assert main(["train", "--data", str(small_corpus), "--out", str(out), "--target-nats", "20", "--kl-lambda", "2",
                  "--steps", "0", "-q"]) == 0
     saved = json.loads((out / "config.json").read_text())
-    assert saved["rate"]["controller"] == "target" and saved["rate"]["kl_lambda"] == 2.0
+    assert saved["rate"]["controller"] == "target" and saved["rate"]["target"]["kl_lambda"] == 2.0
     assert math.isclose(saved["rate"]["target_kbps"], 20 * 50 / math.log(2) / 1000)

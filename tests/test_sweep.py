@@ -50,7 +50,8 @@ def test_plan_lists_each_system_with_its_own_knob():
     assert names[:4] == ["vae-0.5kbps", "vae-2kbps", "rvq-0.5kbps", "rvq-2kbps"]
     assert "beta-0.001" in names and "ae-width4" in names and "opus-6" in names and "codec2-700C" in names
     beta = next(p for p in points if p.name == "beta-0.1")
-    assert beta.target_kbps is None and beta.flags["rate.controller"] == "fixed" and beta.flags["rate.beta"] == 0.1
+    assert beta.target_kbps is None and beta.flags["rate.controller"] == "fixed"
+    assert beta.flags["rate.fixed.beta"] == 0.1
     assert next(p for p in points if p.name == "codec2-1300").target_kbps == pytest.approx(1.3)
     with pytest.raises(SweepError, match="unknown baseline flac"):
         plan_sweep([1.0], ["flac"], 50.0)

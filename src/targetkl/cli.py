@@ -34,7 +34,7 @@ def _resolve_training_config(args: argparse.Namespace):
         "train.seed": getattr(args, "seed", None),
         "train.batch_size": getattr(args, "batch_size", None),
         "train.device": getattr(args, "device", None),
-        "rate.kl_lambda": getattr(args, "kl_lambda", None),
+        "rate.target.kl_lambda": getattr(args, "kl_lambda", None),
     }
     if getattr(args, "kl_lambda", None) is not None and getattr(args, "kl_control", None) is None:
         flags["rate.controller"] = "target"
@@ -45,12 +45,7 @@ def _resolve_training_config(args: argparse.Namespace):
             config = cfg.apply_overrides(config, cfg.load_override_file(file), where=file)
         if args.set:
             config = cfg.apply_overrides(config, cfg.parse_assignments(args.set), where="--set")
-        nested: dict = {}
-        for dotted, value in flags.items():
-            if value is not None:
-                section, key = dotted.split(".")
-                nested.setdefault(section, {})[key] = value
-        config = cfg.apply_overrides(config, nested, where="command line")
+        config = cfg.apply_overrides(config, cfg.nest(flags), where="command line")
         config = cfg.with_target_nats(config, getattr(args, "target_nats", None))
         cfg.validate(config)
         return config

@@ -16,23 +16,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from targetkl.errors import UserError
 from targetkl import rate
-
+from targetkl.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
     """A configuration value that cannot work; the message says which key and what to do."""
 
 
+class EntrySections:
+    """A section whose registry entries (controllers in ``rate``, bottlenecks in ``model``) each keep their own
+    typed sub-section in ``entries``, read as attributes: ``config.rate.lagrange.lr``, ``config.model.rvq.codebooks``.
+    The sub-sections are built from the registries (see :func:`register_section`) when the section is created."""
+
+    def __getattr__(self, name: str) -> Any:
+        entries = self.__dict__.get("entries")
+        if entries is not None and name in entries:
+            return entries[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+ENTRY_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "rate": {}}
+
+
+def register_section(parent: str, name: str, settings: type) -> None:
+    """Give registry entry ``name`` its own section ``parent.name``, the dataclass ``settings`` with the entry's
+    defaults. ``settings.former_keys`` (optional) maps keys of the parent section that the entry used before it had
+    a section (``rate.lagrange_lr``) to its own (``lr``): ``from_dict`` moves them when it reads an old
+    ``config.json``. An entry without settings gets no section."""
+    if parent not in ENTRY_SETTINGS:
+        raise ValueError(f"entries have sections in {', '.join(ENTRY_SETTINGS)}, not {parent!r}")
+    if dataclasses.fields(settings):
+        ENTRY_SETTINGS[parent][name] = settings
+
+
+def _entry_sections(parent: str) -> dict[str, Any]:
+    import targetkl.bottlenecks.factory  # noqa: F401  (importing the registries registers their sections)
+    import targetkl.control  # noqa: F401
+
+    return {name: settings() for name, settings in ENTRY_SETTINGS[parent].items()}
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(EntrySections):
     """The codec. ``architecture``: ``dac`` (DAC-style; encoder channels double at each stride, the decoder
     mirrors the strides) or ``oobleck`` (Stable Audio's VAE; widths ``encoder_dim`` / ``decoder_dim`` times
     ``channel_multiples``, one per stride, even strides; see ``targetkl.models.oobleck``).
 
     ``init``: ``torch`` (PyTorch's default conv init) or ``scaled`` (variance preserving, zero biases,
     residual units start as the identity; see ``targetkl.models.codec.initialize_weights``).
+
+    Each bottleneck's own settings are a section named after it: ``model.vae.sigma_eps``, ``model.rvq.codebooks``.
     """
 
     sample_rate: int = 16000
@@ -41,16 +75,10 @@ class ModelConfig:
     decoder_dim: int = 64
     latent_dim: int = 16
     bottleneck: str = "vae"
-    sigma_eps: float = 1e-4
-    rvq_codebooks: int = 4
-    rvq_codebook_size: int = 1024
-    rvq_codebook_dim: int = 8
-    quantizer_dropout: float = 0.5
-    commitment_weight: float = 0.25
-    codebook_weight: float = 1.0
     init: str = "torch"
     architecture: str = "dac"
     channel_multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
+    entries: dict[str, Any] = field(default_factory=lambda: _entry_sections("model"), repr=False)
 
     @property
     def hop(self) -> int:
@@ -62,44 +90,30 @@ class ModelConfig:
 
 
 @dataclass
-class RateConfig:
-    """How the KL (the rate) of a Gaussian bottleneck is controlled.
+class RateConfig(EntrySections):
+    """How the KL (the rate) of a Gaussian bottleneck is controlled; shared by every controller.
 
-    ``target_kbps`` is converted to ``KL_target`` nats per frame with the model's frame rate.
-    ``scope`` is ``batch`` (the batch-mean KL meets the target: an average bitrate) or ``clip``
-    (every clip's mean KL is pulled to the target: a constant bitrate). The default, ``lagrange`` with
-    ``scope='clip'``, is the target-KL loss ``weight/2 * ((KL - KL_target) / KL_target)^2`` on each clip
-    plus a multiplier that removes its steady offset. The weight is per squared relative error, so 10%
-    off costs the same at every target; it sets how equal the clips' rates are. ``edge_frames`` frames
-    at each end of a training crop are left out of the controlled KL (see ``targetkl.control``).
+    ``target_kbps`` is converted to ``KL_target`` nats per frame with the model's frame rate. ``controller``
+    names the controller; its own settings are the section named after it (``rate.lagrange.weight``,
+    ``rate.pi.kp``; see each controller's ``Settings`` in ``targetkl.control``). ``scope`` is ``batch`` (the
+    batch-mean KL meets the target: an average bitrate) or ``clip`` (every clip's mean KL is pulled to the
+    target: a constant bitrate). ``edge_frames`` frames at each end of a training crop are left out of the
+    controlled KL (see ``targetkl.control``).
 
     The penalty is off for the first ``free_steps`` training forwards; over the next ``warmup_steps`` the
     rate comes down: ``warmup='weight'`` (default) ramps the weight with the goal at the target;
     ``'goal'`` anneals the goal geometrically from the free phase's KL to the target at full penalty
-    weight (see ``targetkl.control``). ``noise_ramp`` (default on) scales the posterior noise of training
-    forwards by the same ramp: the free phase trains a plain autoencoder on the posterior mean, and the
-    noise comes in with the penalty. The measurements behind these defaults are in
-    ``docs/experiments.md`` and ``docs/low-rates.md``.
+    weight. ``noise_ramp`` (default on) scales the posterior noise of training forwards by the same ramp:
+    the free phase trains a plain autoencoder on the posterior mean, and the noise comes in with the penalty.
 
-    ``kl_lambda`` gives the ``target`` controller the paper's absolute weight: ``kl_lambda * (KL - KL_target)^2``
-    per nat squared (the paper used 1, 2 and 10) instead of ``weight`` per squared relative error.
-    Calibration encodes ``calibrate_clips`` windows of at most ``calibrate_seconds`` every
-    ``calibrate_every`` steps, ``calibrate_batch`` at a time (1 in ``tiny``, whose numbers it keeps as they
-    were; batching changes float rounding only); its share of the run's time is logged as
-    ``time/calibration_share``.
+    Calibration encodes ``calibrate_clips`` windows of at most ``calibrate_seconds`` every ``calibrate_every``
+    steps, ``calibrate_batch`` at a time, and moves the crop goal by ``calibrate_gain`` times the whole-clip
+    rate error; its share of the run's time is logged as ``time/calibration_share``.
     """
 
     target_kbps: float | None = 2.0
     controller: str = "lagrange"
     scope: str = "clip"
-    weight: float = 64.0
-    beta: float = 1e-2
-    capacity_anneal_steps: int = 0
-    pi_kp: float = 0.02
-    pi_ki: float = 0.002
-    beta_min: float = 0.0
-    beta_max: float = 10.0
-    lagrange_lr: float = 1e-3
     edge_frames: int = 2
     free_steps: int = 300
     warmup_steps: int = 200
@@ -109,8 +123,15 @@ class RateConfig:
     calibrate_seconds: float = 10.0
     calibrate_batch: int = 1
     calibrate_gain: float = 0.2
-    kl_lambda: float | None = None
     noise_ramp: bool = True
+    entries: dict[str, Any] = field(default_factory=lambda: _entry_sections("rate"), repr=False)
+
+    def with_settings(self, **values: Any) -> RateConfig:
+        """A copy with ``values`` set in the section of ``self.controller`` (e.g. ``weight=2.0, lr=0.5``)."""
+        copied = copy.deepcopy(self)
+        section = copied.entries[copied.controller]
+        copied.entries[copied.controller] = dataclasses.replace(section, **values)
+        return copied
 
 
 @dataclass
@@ -177,7 +198,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain JSON-able values; entry sections nest in their parent: ``{"rate": {"lagrange": {"lr": ...}}}``."""
+        return {"preset": self.preset, **{f.name: section_dict(getattr(self, f.name))
+                                          for f in dataclasses.fields(self) if f.name != "preset"}}
 
     @property
     def segment_samples(self) -> int:
@@ -253,6 +276,15 @@ for _name in ("base-24k", "dac-44k"):
     PRESETS[_name]["rate"].update({"calibrate_every": 100, "calibrate_seconds": 5.0, "calibrate_batch": 8})
 
 
+def section_dict(section: Any) -> dict[str, Any]:
+    """One section's values, with its entries' sections nested under their names."""
+    values = {f.name: copy.deepcopy(getattr(section, f.name)) for f in dataclasses.fields(section)
+              if f.name != "entries"}
+    for name, entry in section.__dict__.get("entries", {}).items():
+        values[name] = dataclasses.asdict(entry)
+    return values
+
+
 def field_type(cls: type, name: str) -> Any:
     """The declared type of dataclass field ``name`` (``int``, ``float | None``, ``tuple[int, ...]``...)."""
     return typing.get_type_hints(cls)[name]
@@ -313,10 +345,13 @@ def coerce(value: Any, kind: Any, key: str) -> Any:
     raise ConfigError(f"{key}: cannot read a value of type {kind}")
 
 
-def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "overrides") -> Config:
-    """Return a copy of ``config`` with a nested ``{"section": {"key": value}}`` mapping applied.
+def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "overrides",
+                    migrate: bool = False) -> Config:
+    """Return a copy of ``config`` with a nested ``{"section": {"key": value}}`` mapping applied; an entry's
+    section nests one level deeper (``{"rate": {"lagrange": {"lr": 0.01}}}``).
 
-    Unknown sections or keys raise ``ConfigError`` naming the key and where it came from.
+    Unknown sections or keys raise ``ConfigError`` naming the key and where it came from. A key that moved into an
+    entry's section is moved there with ``migrate`` (an old ``config.json``), else named in the error.
     """
     config = copy.deepcopy(config)
     for section_name, section_values in overrides.items():
@@ -326,30 +361,61 @@ def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "ove
         if section is None or not dataclasses.is_dataclass(section):
             known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "preset")
             raise ConfigError(f"{where}: unknown section {section_name!r}; known sections: {known}")
-        if not isinstance(section_values, dict):
-            raise ConfigError(f"{where}: section {section_name!r} must be a mapping of keys to values")
-        names = {f.name for f in dataclasses.fields(section)}
-        for key, value in section_values.items():
-            if key not in names:
-                raise ConfigError(
-                    f"{where}: unknown key {section_name}.{key}; known keys: {', '.join(sorted(names))}")
-            try:
-                setattr(section, key, coerce(value, field_type(type(section), key), f"{section_name}.{key}"))
-            except ConfigError as error:
-                raise ConfigError(f"{where}: {error}") from None
+        _apply_section(section, section_values, section_name, where, migrate)
     return config
 
 
-def parse_assignments(assignments: list[str]) -> dict[str, Any]:
-    """``["model.latent_dim=32", "train.lr=3e-4"]`` to a nested override mapping."""
-    nested: dict[str, dict[str, Any]] = {}
-    for item in assignments:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: write it as section.key=value, e.g. train.steps=200")
-        path, value = item.split("=", 1)
-        section, key = path.split(".", 1)
-        nested.setdefault(section, {})[key] = value
+def _apply_section(section: Any, values: Any, path: str, where: str, migrate: bool) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: section {path!r} must be a mapping of keys to values")
+    entries = section.__dict__.get("entries", {})
+    names = {f.name for f in dataclasses.fields(section)} - {"entries"}
+    for key, value in values.items():
+        if key in entries:
+            _apply_section(entries[key], value, f"{path}.{key}", where, migrate)
+            continue
+        if key not in names:
+            moved = [(name, type(entry).former_keys[key]) for name, entry in entries.items()
+                     if key in getattr(type(entry), "former_keys", {})]
+            if moved and migrate:
+                for name, new_key in moved:
+                    _apply_section(entries[name], {new_key: value}, f"{path}.{name}", where, migrate)
+                continue
+            if moved:
+                raise ConfigError(f"{where}: {path}.{key} is now "
+                                  f"{' / '.join(f'{path}.{name}.{new_key}' for name, new_key in moved)}; set that")
+            known = ", ".join(sorted(names | {f"{name}.*" for name in entries}))
+            raise ConfigError(f"{where}: unknown key {path}.{key}; known keys: {known}")
+        try:
+            setattr(section, key, coerce(value, field_type(type(section), key), f"{path}.{key}"))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"rate.lagrange.lr": 0.1, "train.lr": 3e-4}`` to ``{"rate": {"lagrange": {"lr": 0.1}}, "train": ...}``;
+    ``None`` values (flags not given) are left out."""
+    nested: dict[str, Any] = {}
+    for path, value in dotted.items():
+        if value is None:
+            continue
+        *parents, key = path.split(".")
+        level = nested
+        for parent in parents:
+            level = level.setdefault(parent, {})
+        level[key] = value
     return nested
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """``["model.latent_dim=32", "rate.lagrange.lr=3e-3"]`` to a nested override mapping."""
+    dotted: dict[str, Any] = {}
+    for item in assignments:
+        path = item.split("=", 1)[0]
+        if "=" not in item or "." not in path or "" in path.split("."):
+            raise ConfigError(f"--set {item!r}: write it as section.key=value, e.g. train.steps=200")
+        dotted[path] = item.split("=", 1)[1]
+    return nest(dotted)
 
 
 def load_override_file(path: str | Path) -> dict[str, Any]:
@@ -385,8 +451,9 @@ def preset(name: str) -> Config:
 
 
 def from_dict(data: dict[str, Any], where: str = "config") -> Config:
-    """Rebuild a ``Config`` saved with ``to_dict`` (e.g. ``RUN/config.json``)."""
-    config = apply_overrides(Config(), data, where=where)
+    """Rebuild a ``Config`` saved with ``to_dict`` (e.g. ``RUN/config.json``), moving keys that an older version
+    kept in a shared section into their entry's own (``rate.lagrange_lr`` to ``rate.lagrange.lr``)."""
+    config = apply_overrides(Config(), data, where=where, migrate=True)
     config.preset = data.get("preset", "tiny")
     return config
 
@@ -458,6 +525,10 @@ def validate(config: Config) -> None:
             f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
             f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
     kind.validate(config)
+    for parent, active in (("model", model.bottleneck), ("rate", rate_config.controller)):
+        settings = getattr(config, parent).entries.get(active)
+        if hasattr(settings, "check"):
+            settings.check(f"{parent}.{active}")
     if train.steps < 0 or train.batch_size <= 0 or train.grad_accum <= 0:
         raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
     if train.lr <= 0:
@@ -472,8 +543,6 @@ def validate(config: Config) -> None:
     if rate_config.calibrate_seconds <= 0 or rate_config.calibrate_clips < 0 or rate_config.calibrate_batch < 1:
         raise ConfigError("rate.calibrate_seconds must be positive, rate.calibrate_clips >= 0 and "
                           "rate.calibrate_batch >= 1")
-    if rate_config.kl_lambda is not None and not rate_config.kl_lambda > 0:
-        raise ConfigError(f"rate.kl_lambda={rate_config.kl_lambda}: the weight per nat squared must be positive")
     _validate_discriminators(config)
     if not 0 <= config.data.valid_percent < 100:
         raise ConfigError(f"data.valid_percent={config.data.valid_percent}: must be in [0, 100)")
@@ -497,13 +566,7 @@ def resolve(preset_name: str = "tiny", files: list[str] | None = None, assignmen
         config = apply_overrides(config, load_override_file(file), where=str(file))
     if assignments:
         config = apply_overrides(config, parse_assignments(assignments), where="--set")
-    flag_overrides: dict[str, dict[str, Any]] = {}
-    for dotted, value in (flags or {}).items():
-        if value is None:
-            continue
-        section, key = dotted.split(".", 1)
-        flag_overrides.setdefault(section, {})[key] = value
-    config = apply_overrides(config, flag_overrides, where="command line")
+    config = apply_overrides(config, nest(flags or {}), where="command line")
     config.preset = preset_name
     validate(config)
     return config

@@ -9,15 +9,19 @@ their receptive field reaches into the crop's zero padding, so they are cheaper 
 the middle of a clip, and a crop of 16 frames would otherwise under-report the rate of long audio by
 several percent (the held-out rate is measured on whole clips).
 
+Each controller's own settings are its ``Settings`` dataclass, the config section named after it
+(``rate.lagrange.weight``); what it shares with the others is ``RateConfig``.
+
 - ``fixed``:    ``beta * KL`` -- a hand-tuned weight; the rate lands wherever it lands.
-- ``target``:   ``lambda * (KL - KL_target)^2`` with ``lambda = weight / KL_target^2`` (or ``rate.kl_lambda``,
+- ``target``:   ``lambda * (KL - KL_target)^2`` with ``lambda = weight / KL_target^2`` (or ``kl_lambda``,
                 the paper's absolute weight per nat squared) -- the target-KL
                 loss, its weight given per squared *relative* error so that 10% off costs the same at
                 0.5 and at 8 kbps. With a fixed weight it settles where its gradient balances the
                 reconstruction gradient, slightly above target.
-- ``capacity``: ``weight * |KL - C|`` with ``C`` annealed linearly to ``KL_target`` (Burgess et al.).
-- ``pi``:       ``beta_t * KL`` with ``beta_t`` set by a PI feedback loop on the relative rate error
-                (ControlVAE-style), clamped to ``[beta_min, beta_max]`` with conditional-integration
+- ``capacity``: ``weight * |KL - C|`` (per nat) with ``C`` annealed linearly to ``KL_target`` over
+                ``anneal_steps`` (Burgess et al.).
+- ``pi``:       ``beta_t * KL`` with ``beta_t`` set by a PI feedback loop (gains ``kp``, ``ki``) on the relative
+                rate error (ControlVAE-style), clamped to ``[beta_min, beta_max]`` with conditional-integration
                 anti-windup.
 - ``lagrange``: augmented Lagrangian ``lambda_t * c + weight/2 * (c / KL_target)^2`` with ``c = KL - KL_target`` and
                 dual ascent ``lambda_t += lr * c / KL_target``: the multiplier absorbs the steady push of
@@ -45,11 +49,14 @@ penalty to each clip's mean KL and averages (every clip near the same bitrate). 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from targetkl.collectives import mean_over_ranks, mean_tensor_over_ranks
-from targetkl.config import RateConfig
+from targetkl.config import ConfigError, RateConfig, register_section
 from targetkl.nn.host_scalars import increment_scalar, read_scalar, write_scalar
 
 
@@ -69,17 +76,26 @@ CONTROLLERS: dict[str, type[KLController]] = {}
 
 def register_controller(cls: type[KLController]) -> type[KLController]:
     """Class decorator: make ``cls`` selectable as ``rate.controller = cls.name`` (config validation, the CLI,
-    ``sanity`` and the sweep read this registry). Its constructor takes ``(RateConfig, target_nats)``."""
+    ``sanity`` and the sweep read this registry) and its ``Settings`` the config section ``rate.<name>``. Its
+    constructor takes ``(RateConfig, target_nats)``."""
     CONTROLLERS[cls.name] = cls
+    register_section("rate", cls.name, cls.Settings)
     return cls
+
+
+@dataclass
+class NoSettings:
+    """The settings of a controller that has none of its own."""
 
 
 class KLController(nn.Module):
     """Base class. ``forward(kl_per_frame)`` returns the penalty and updates state when training.
 
     A subclass sets ``name``, implements :meth:`penalty` (and :meth:`update` for feedback state) and is
-    registered with :func:`register_controller`. ``has_goal = False`` for one without a target rate;
-    ``sanity_settings`` are the ``RateConfig`` values it uses on the Shannon-limit check's source;
+    registered with :func:`register_controller`. Its own settings are the dataclass ``Settings`` (defaults
+    included; ``self.settings`` holds the run's), which may define ``check(path)`` raising ``ConfigError``.
+    ``has_goal = False`` for one without a target rate; ``sanity_settings`` are the ``Settings`` values it uses
+    on the Shannon-limit check's source;
     ``reads_batch_kl = True`` for feedback that needs each training batch's mean KL in :meth:`update` (a 0-d
     float64 tensor on the model's device, averaged over ranks; the others are given ``None``).
 
@@ -90,10 +106,12 @@ class KLController(nn.Module):
     name = "base"
     has_goal = True
     reads_batch_kl = False
-    sanity_settings: dict = {}
+    sanity_settings: ClassVar[dict] = {}
+    Settings: ClassVar[type] = NoSettings
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__()
+        self.settings = config.entries.get(self.name) or self.Settings()
         self.scope = config.scope
         self.edge_frames = config.edge_frames
         self.target = float(target_nats) if target_nats is not None else None
@@ -214,9 +232,16 @@ class FixedBeta(KLController):
     sanity_settings = {"beta": 0.5}
     has_goal = False
 
+    @dataclass
+    class Settings:
+        """``beta``: the KL weight per nat."""
+
+        beta: float = 1e-2
+        former_keys: ClassVar[dict[str, str]] = {"beta": "beta"}
+
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
-        self.beta = config.beta
+        self.beta = self.settings.beta
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         return self.beta * kl.mean()
@@ -236,10 +261,22 @@ class TargetKL(KLController):
     name = "target"
     sanity_settings = {"weight": 7000.0}
 
+    @dataclass
+    class Settings:
+        """``weight``: per squared relative error; ``kl_lambda`` (when set, instead): per nat squared."""
+
+        weight: float = 64.0
+        kl_lambda: float | None = None
+        former_keys: ClassVar[dict[str, str]] = {"weight": "weight", "kl_lambda": "kl_lambda"}
+
+        def check(self, path: str) -> None:
+            if self.kl_lambda is not None and not self.kl_lambda > 0:
+                raise ConfigError(f"{path}.kl_lambda={self.kl_lambda}: the weight per nat squared must be positive")
+
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
-        self.weight = config.weight
-        self.kl_lambda = config.kl_lambda
+        self.weight = self.settings.weight
+        self.kl_lambda = self.settings.kl_lambda
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
         if self.kl_lambda is not None:
@@ -252,10 +289,19 @@ class Capacity(KLController):
     name = "capacity"
     sanity_settings = {"weight": 20.0}
 
+    @dataclass
+    class Settings:
+        """``weight``: per nat of ``|KL - C|``; ``anneal_steps``: controlled forwards over which ``C`` rises to the
+        goal (0: at the goal from the start)."""
+
+        weight: float = 64.0
+        anneal_steps: int = 0
+        former_keys: ClassVar[dict[str, str]] = {"weight": "weight", "capacity_anneal_steps": "anneal_steps"}
+
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
-        self.weight = config.weight
-        self.anneal_steps = config.capacity_anneal_steps
+        self.weight = self.settings.weight
+        self.anneal_steps = self.settings.anneal_steps
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def capacity(self) -> float:
@@ -277,13 +323,28 @@ class Capacity(KLController):
 class PIController(KLController):
     name = "pi"
     reads_batch_kl = True
-    sanity_settings = {"pi_kp": 0.5, "pi_ki": 0.05, "beta_max": 100.0}
+    sanity_settings = {"kp": 0.5, "ki": 0.05, "beta_max": 100.0}
+
+    @dataclass
+    class Settings:
+        """Gains ``kp``, ``ki`` on the relative rate error; ``beta`` (per nat) stays in ``[beta_min, beta_max]``."""
+
+        kp: float = 0.02
+        ki: float = 0.002
+        beta_min: float = 0.0
+        beta_max: float = 10.0
+        former_keys: ClassVar[dict[str, str]] = {"pi_kp": "kp", "pi_ki": "ki", "beta_min": "beta_min",
+                                                 "beta_max": "beta_max"}
+
+        def check(self, path: str) -> None:
+            if not self.beta_min <= self.beta_max:
+                raise ConfigError(f"{path}.beta_min={self.beta_min} is above {path}.beta_max={self.beta_max}")
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
-        self.kp, self.ki = config.pi_kp, config.pi_ki
-        self.beta_min, self.beta_max = config.beta_min, config.beta_max
-        self.register_buffer("beta", torch.tensor(float(config.beta_min), dtype=torch.float64))
+        self.kp, self.ki = self.settings.kp, self.settings.ki
+        self.beta_min, self.beta_max = self.settings.beta_min, self.settings.beta_max
+        self.register_buffer("beta", torch.tensor(float(self.beta_min), dtype=torch.float64))
         self.register_buffer("integral", torch.zeros((), dtype=torch.float64))
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:
@@ -322,12 +383,21 @@ class PIController(KLController):
 class Lagrange(KLController):
     name = "lagrange"
     reads_batch_kl = True
-    sanity_settings = {"weight": 70.0, "lagrange_lr": 0.05}
+    sanity_settings = {"weight": 70.0, "lr": 0.05}
+
+    @dataclass
+    class Settings:
+        """``weight``: of the squared term, per squared relative error; ``lr``: the multiplier's step per unit
+        of relative violation."""
+
+        weight: float = 64.0
+        lr: float = 1e-3
+        former_keys: ClassVar[dict[str, str]] = {"weight": "weight", "lagrange_lr": "lr"}
 
     def __init__(self, config: RateConfig, target_nats: float | None):
         super().__init__(config, target_nats)
-        self.weight = config.weight
-        self.lr = config.lagrange_lr
+        self.weight = self.settings.weight
+        self.lr = self.settings.lr
         self.register_buffer("multiplier", torch.zeros((), dtype=torch.float64))
 
     def penalty(self, kl: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ its latents (``(z - mean) / std``). Then:
 - ``diffusers`` (an Oobleck VAE only): ``config.json`` and ``diffusion_pytorch_model.safetensors`` that
   ``diffusers.AutoencoderOobleck.from_pretrained(OUT)`` loads; its ``encode(x).latent_dist.mean`` and
   ``decode(z).sample`` are this toolkit's posterior mean and decoder. diffusers' posterior std is
-  ``softplus + 1e-4``, so the run's ``model.sigma_eps`` must be 1e-4, and its encoder width must be twice the
+  ``softplus + 1e-4``, so the run's ``model.vae.sigma_eps`` must be 1e-4, and its encoder width must be twice the
   latent width (diffusers ties the two).
 - ``safetensors`` (any run): ``model.safetensors``, the codec's state dict under this toolkit's names.
 
@@ -57,10 +57,11 @@ def check_diffusers(config: Config, codec: Codec, run: Path) -> None:
         raise ExportError(f"{run}: a {model.architecture} codec; diffusers loads Stable Audio's Oobleck VAE only: "
                           "train one with --preset oobleck-tiny or oobleck-44k (or --set model.architecture=oobleck), "
                           "or export this run with --format safetensors")
-    if not codec.bottleneck.stores_posterior or model.sigma_eps != 1e-4 or model.encoder_dim != 2 * model.latent_dim:
+    sigma_eps = model.vae.sigma_eps
+    if not codec.bottleneck.stores_posterior or sigma_eps != 1e-4 or model.encoder_dim != 2 * model.latent_dim:
         raise ExportError(f"{run}: diffusers' AutoencoderOobleck needs a Gaussian (vae) bottleneck with "
-                          "model.sigma_eps=1e-4 and model.encoder_dim = 2 x model.latent_dim (here "
-                          f"{model.bottleneck}, {model.sigma_eps:g}, {model.encoder_dim} vs {model.latent_dim}); "
+                          "model.vae.sigma_eps=1e-4 and model.encoder_dim = 2 x model.latent_dim (here "
+                          f"{model.bottleneck}, {sigma_eps:g}, {model.encoder_dim} vs {model.latent_dim}); "
                           "export with --format safetensors")
 
 

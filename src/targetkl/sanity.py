@@ -91,7 +91,7 @@ def train_one(controller: str, target_bits: float, config: SanityConfig) -> dict
     generator = torch.Generator().manual_seed(config.seed)
     variances = torch.tensor(config.variances, dtype=torch.float64)
     rate = RateConfig(controller=controller, scope="batch", edge_frames=0, free_steps=0,
-                      warmup_steps=config.steps // 20, **CONTROLLERS[controller].sanity_settings)
+                      warmup_steps=config.steps // 20).with_settings(**CONTROLLERS[controller].sanity_settings)
     model = LinearGaussianVAE(len(variances), rate, target_bits * LN2)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -1,7 +1,8 @@
 """The bottleneck registry: each kind is one class plus one entry here, named by ``model.bottleneck``.
 
 An entry builds the bottleneck from a config, checks the settings it reads (``ConfigError`` naming the
-key), and says whether ``rate.target_kbps`` applies to it. Nothing outside ``bottlenecks/`` asks which
+key), and says whether ``rate.target_kbps`` applies to it; its ``settings`` dataclass (usually the class's
+``Settings``) is its config section ``model.<name>``. Nothing outside ``bottlenecks/`` asks which
 kind it holds: it asks the entry, or the built bottleneck (see ``Bottleneck``).
 """
 
@@ -12,7 +13,14 @@ from dataclasses import dataclass
 
 from targetkl import rate
 from targetkl.bottlenecks.base import Bottleneck
-from targetkl.config import Config, ConfigError
+from targetkl.bottlenecks.gaussian import GaussianBottleneck
+from targetkl.bottlenecks.rvq import RVQBottleneck
+from targetkl.config import Config, ConfigError, register_section
+
+
+@dataclass
+class _NoSettings:
+    """The settings of a bottleneck that has none of its own."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,7 @@ class BottleneckKind:
     validate: Callable[[Config], None]
     targets_rate: Callable[[Config], bool]  # does this config train to rate.target_kbps?
     summary: str
+    settings: type = _NoSettings  # a dataclass: the section model.<name>, with check(path) if it has one
 
 
 BOTTLENECKS: dict[str, BottleneckKind] = {}
@@ -29,6 +38,7 @@ BOTTLENECKS: dict[str, BottleneckKind] = {}
 
 def register_bottleneck(kind: BottleneckKind) -> BottleneckKind:
     BOTTLENECKS[kind.name] = kind
+    register_section("model", kind.name, kind.settings)
     return kind
 
 
@@ -51,11 +61,10 @@ def _controller_class(config: Config):
 
 
 def _build_gaussian(config: Config) -> Bottleneck:
-    from targetkl.bottlenecks.gaussian import GaussianBottleneck
     from targetkl.control import build_controller
 
     controller = build_controller(config.rate, config.target_nats_per_frame)
-    return GaussianBottleneck(config.model.latent_dim, controller, config.model.sigma_eps)
+    return GaussianBottleneck(config.model.latent_dim, controller, config.model.vae.sigma_eps)
 
 
 def _validate_gaussian(config: Config) -> None:
@@ -74,17 +83,10 @@ def _validate_gaussian(config: Config) -> None:
 
 
 def _build_rvq(config: Config) -> Bottleneck:
-    from targetkl.bottlenecks.rvq import RVQBottleneck
-
-    model = config.model
-    return RVQBottleneck(model.latent_dim, model.rvq_codebooks, model.rvq_codebook_size, model.rvq_codebook_dim,
-                         model.quantizer_dropout, model.commitment_weight, model.codebook_weight,
+    settings = config.model.rvq
+    return RVQBottleneck(config.model.latent_dim, settings.codebooks, settings.codebook_size, settings.codebook_dim,
+                         settings.dropout, settings.commitment_weight, settings.codebook_weight,
                          config.rate.free_steps, config.rate.warmup_steps)
-
-
-def _validate_rvq(config: Config) -> None:
-    if config.model.rvq_codebooks <= 0 or config.model.rvq_codebook_size < 2:
-        raise ConfigError("model.rvq_codebooks must be >= 1 and model.rvq_codebook_size >= 2")
 
 
 def _build_identity(config: Config) -> Bottleneck:
@@ -95,8 +97,9 @@ def _build_identity(config: Config) -> Bottleneck:
 
 register_bottleneck(BottleneckKind(
     "vae", _build_gaussian, _validate_gaussian, lambda config: _controller_class(config).has_goal,
-    "Gaussian posterior, its KL rate-controlled by rate.controller"))
+    "Gaussian posterior, its KL rate-controlled by rate.controller", GaussianBottleneck.Settings))
 register_bottleneck(BottleneckKind(
-    "rvq", _build_rvq, _validate_rvq, lambda config: False, "residual vector quantizer (DAC/EnCodec style)"))
+    "rvq", _build_rvq, lambda config: None, lambda config: False, "residual vector quantizer (DAC/EnCodec style)",
+    RVQBottleneck.Settings))
 register_bottleneck(BottleneckKind(
     "ae", _build_identity, lambda config: None, lambda config: False, "identity: a plain autoencoder"))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,13 @@ class GaussianBottleneck(Bottleneck):
     :meth:`~targetkl.control.KLController.noise_scale`, 1 by default); eval returns ``z = mean``. The rate is
     the KL of the posterior to the standard normal prior, whichever ``z`` is returned.
     """
+
+    @dataclass
+    class Settings:
+        """``model.vae``: ``sigma_eps`` is the floor added to the posterior std."""
+
+        sigma_eps: float = 1e-4
+        former_keys: ClassVar[dict[str, str]] = {"sigma_eps": "sigma_eps"}
 
     def __init__(self, latent_dim: int, controller: KLController, sigma_eps: float = 1e-4):
         super().__init__()

@@ -12,6 +12,8 @@ used one code per stage on every held-out frame and its decoder ignored the code
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
+from targetkl.config import ConfigError
 from targetkl.control import free_start_ramp
 from targetkl.nn import wn_conv1d
 from targetkl.nn.host_scalars import increment_scalar, read_scalar
@@ -96,6 +99,27 @@ class RVQBottleneck(Bottleneck):
     In training, a fraction ``quantizer_dropout`` of the clips uses only the first ``n_i`` stages
     (``n_i`` uniform in 1..n), so one model serves several bitrates; their rate is counted per clip.
     """
+
+    @dataclass
+    class Settings:
+        """``model.rvq``: ``codebooks`` stages of ``codebook_size`` entries, looked up in ``codebook_dim``
+        dimensions; ``dropout`` is the quantizer dropout; ``commitment_weight`` and ``codebook_weight`` weigh
+        the two VQ losses."""
+
+        codebooks: int = 4
+        codebook_size: int = 1024
+        codebook_dim: int = 8
+        dropout: float = 0.5
+        commitment_weight: float = 0.25
+        codebook_weight: float = 1.0
+        former_keys: ClassVar[dict[str, str]] = {
+            "rvq_codebooks": "codebooks", "rvq_codebook_size": "codebook_size", "rvq_codebook_dim": "codebook_dim",
+            "quantizer_dropout": "dropout", "commitment_weight": "commitment_weight",
+            "codebook_weight": "codebook_weight"}
+
+        def check(self, path: str) -> None:
+            if self.codebooks <= 0 or self.codebook_size < 2:
+                raise ConfigError(f"{path}.codebooks must be >= 1 and {path}.codebook_size >= 2")
 
     def __init__(self, latent_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int,
                  quantizer_dropout: float, commitment_weight: float, codebook_weight: float,

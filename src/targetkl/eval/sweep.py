@@ -127,10 +127,10 @@ def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas
             for k in kbps:
                 codebooks, size = rvq_layout(k, frame_rate)
                 points.append(SweepPoint("rvq", f"{k:g}kbps", k, {
-                    "model.bottleneck": "rvq", "model.rvq_codebooks": codebooks, "model.rvq_codebook_size": size}))
+                    "model.bottleneck": "rvq", "model.rvq.codebooks": codebooks, "model.rvq.codebook_size": size}))
         elif baseline == "beta":
             points += [SweepPoint("beta", f"{b:g}", None, {"model.bottleneck": "vae", "rate.controller": "fixed",
-                                                            "rate.beta": b}) for b in betas]
+                                                            "rate.fixed.beta": b}) for b in betas]
         elif baseline == "ae":
             points += [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w},
                                   rated=False) for w in ae_widths]
@@ -253,7 +253,7 @@ class Sweep:
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         if point.system == "beta":
-            row["beta"] = config.rate.beta
+            row["beta"] = config.rate.fixed.beta
         row["rate_error_percent"] = _rate_error_percent(row["rate_kbps"], point.target_kbps)
         return _save_row(cache, row)
 
