@@ -37,8 +37,6 @@ from targetkl.fileio import read_json_or_none, write_text_atomic
 from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
 
-TRAINED_SYSTEMS = ("vae", "rvq", "beta", "ae")
-BASELINES = ("rvq", "beta", "ae", *CLASSIC_CODECS)
 DEFAULT_BETAS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_AE_WIDTHS = (2, 4, 8)
 RVQ_MAX_CODEBOOK_BITS = 10
@@ -84,6 +82,7 @@ class SweepPoint:
     setting: str | None = None
     bitstream: bool = False
     rated: bool = True
+    row: dict[str, object] = field(default_factory=dict)  # extra columns of its result row
 
     @property
     def name(self) -> str:
@@ -123,22 +122,40 @@ def plan_sweep(kbps: list[float], baselines: list[str], frame_rate: float, betas
         points += [SweepPoint(f"{TARGET_KL_SYSTEM}-{name}", f"{k:g}kbps", k,
                               {**flags, "model.bottleneck": "vae", "rate.target_kbps": k}) for k in kbps]
     for baseline in baselines:
-        if baseline == "rvq":
-            for k in kbps:
-                codebooks, size = rvq_layout(k, frame_rate)
-                points.append(SweepPoint("rvq", f"{k:g}kbps", k, {
-                    "model.bottleneck": "rvq", "model.rvq.codebooks": codebooks, "model.rvq.codebook_size": size}))
-        elif baseline == "beta":
-            points += [SweepPoint("beta", f"{b:g}", None, {"model.bottleneck": "vae", "rate.controller": "fixed",
-                                                            "rate.fixed.beta": b}) for b in betas]
-        elif baseline == "ae":
-            points += [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w},
-                                  rated=False) for w in ae_widths]
+        if baseline in TRAINED_BASELINES:
+            points += TRAINED_BASELINES[baseline](kbps, frame_rate, betas, ae_widths)
         else:
             codec = CLASSIC_CODECS[baseline]
             points += [SweepPoint(baseline, setting, codec.nominal_kbps(setting), setting=setting)
                        for setting in codec.settings]
     return points
+
+
+def _rvq_points(kbps, frame_rate, betas, ae_widths) -> list[SweepPoint]:
+    """The RVQ bottleneck in the same codec, with as many codebook bits per frame as each bitrate spends."""
+    points = []
+    for k in kbps:
+        codebooks, size = rvq_layout(k, frame_rate)
+        points.append(SweepPoint("rvq", f"{k:g}kbps", k, {
+            "model.bottleneck": "rvq", "model.rvq.codebooks": codebooks, "model.rvq.codebook_size": size}))
+    return points
+
+
+def _beta_points(kbps, frame_rate, betas, ae_widths) -> list[SweepPoint]:
+    """The Gaussian bottleneck with a hand-tuned KL weight: the rate lands wherever it lands."""
+    return [SweepPoint("beta", f"{b:g}", None, {"model.bottleneck": "vae", "rate.controller": "fixed",
+                                                 "rate.fixed.beta": b}, row={"beta": b}) for b in betas]
+
+
+def _ae_points(kbps, frame_rate, betas, ae_widths) -> list[SweepPoint]:
+    """Plain autoencoders: no honest bitrate, so they are listed by latent width."""
+    return [SweepPoint("ae", f"width{w}", None, {"model.bottleneck": "ae", "model.latent_dim": w}, rated=False)
+            for w in ae_widths]
+
+
+# The trained baselines: ``--baselines`` name -> its points (the sweep's one map from names to config entries).
+TRAINED_BASELINES = {"rvq": _rvq_points, "beta": _beta_points, "ae": _ae_points}
+BASELINES = (*TRAINED_BASELINES, *CLASSIC_CODECS)
 
 
 def check_tools(baselines: list[str]) -> None:
@@ -252,8 +269,7 @@ class Sweep:
         if not point.rated:
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
-        if point.system == "beta":
-            row["beta"] = config.rate.fixed.beta
+        row.update(point.row)
         row["rate_error_percent"] = _rate_error_percent(row["rate_kbps"], point.target_kbps)
         return _save_row(cache, row)
 
