@@ -16,7 +16,7 @@ import soxr
 import torch
 
 from targetkl.config import Config, from_dict
-from targetkl.data.audio import gain_for_level
+from targetkl.data.audio import fit_channels, gain_for_level
 from targetkl.errors import UserError
 from targetkl.models.codec import Codec, build_codec
 
@@ -40,6 +40,7 @@ class Autoencoder:
         self.model = model.to(self.device).eval()
         self.config = config
         self.sample_rate, self.frame_rate, self.hop = model.sample_rate, model.frame_rate, model.hop
+        self.audio_channels = model.audio_channels
         self.latent_dim = model.latent_dim
         self.rate_kbps = rate_kbps
         self.latent_stats = latent_stats
@@ -55,7 +56,9 @@ class Autoencoder:
 
     def _prepare(self, audio, sample_rate: int, normalize: bool) -> torch.Tensor:
         """Any of ``(samples,)``, ``(channels, samples)``, ``(batch, channels, samples)`` (NumPy or torch, any
-        rate) -> ``(batch, 1, samples')`` float32 at the model's rate, mono, each clip at the model's level."""
+        rate) -> ``(batch, audio_channels, samples')`` float32 at the model's rate, each clip at the model's level
+        (the gain of its mix, as in training). Channels are fitted as training reads files: a mono model gets the
+        mix, a stereo one a mono clip in both channels or a clip's first two channels."""
         array = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         array = array.astype(np.float64)
         if array.ndim == 1:
@@ -65,14 +68,16 @@ class Autoencoder:
         if array.ndim != 3:
             raise ValueError(f"audio of shape {array.shape}: pass (samples,), (channels, samples) or "
                              "(batch, channels, samples)")
-        mono = array.mean(axis=1)
+        fitted = np.stack([fit_channels(clip.T, self.audio_channels).reshape(array.shape[-1], -1) for clip in array])
         if sample_rate != self.sample_rate:
-            mono = np.stack([soxr.resample(clip, sample_rate, self.sample_rate) for clip in mono])
+            fitted = np.stack([soxr.resample(clip, sample_rate, self.sample_rate) for clip in fitted])
+        fitted = fitted.reshape(len(array), -1, self.audio_channels).transpose(0, 2, 1)
         if normalize:
-            gains = [gain_for_level(float(np.sqrt(np.mean(clip ** 2))), float(np.max(np.abs(clip))),
-                                    self.loudness_dbfs) for clip in mono]
-            mono = mono * np.asarray(gains)[:, None]
-        return torch.from_numpy(mono.astype(np.float32))[:, None]
+            mixes = fitted.mean(axis=1)
+            gains = [gain_for_level(float(np.sqrt(np.mean(mix ** 2))), float(np.max(np.abs(mix))),
+                                    self.loudness_dbfs) for mix in mixes]
+            fitted = fitted * np.asarray(gains)[:, None, None]
+        return torch.from_numpy(np.ascontiguousarray(fitted, dtype=np.float32))
 
     @torch.no_grad()
     def encode(self, audio, sample_rate: int, sample: bool = False, normalize: bool = True,
@@ -90,7 +95,8 @@ class Autoencoder:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``(batch, latent_dim, frames)`` -> audio ``(batch, 1, frames * hop)`` at ``sample_rate``."""
+        """Latents ``(batch, latent_dim, frames)`` -> audio ``(batch, audio_channels, frames * hop)`` at
+        ``sample_rate``."""
         return self.model.decode(latents.to(self.device, torch.float32))
 
 

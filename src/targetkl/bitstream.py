@@ -137,8 +137,8 @@ def _dequantize(symbols: torch.Tensor, steps: np.ndarray) -> torch.Tensor:
 
 def decode_latent(model: Codec, latent: torch.Tensor, num_samples: int, gain: float,
                    runner: CodecRunner | None = None) -> np.ndarray:
-    """``(D, F)`` latent -> ``(num_samples,)`` audio at the input's loudness (the encode gain divided out);
-    a latent longer than ``num_samples`` needs is cut after the decoder's receptive field."""
+    """``(D, F)`` latent -> ``(num_samples,)`` (or ``(channels, num_samples)``) audio at the input's loudness (the
+    encode gain divided out); a latent longer than ``num_samples`` needs is cut after the decoder's receptive field."""
     runner = runner or CodecRunner(model)
     frames = min(latent.shape[-1], -(-num_samples // model.hop) + runner.decoder_context)
     return runner.decode([latent[:, :frames]], [num_samples])[0] / gain
@@ -205,7 +205,7 @@ def _check_header(header: TklHeader, source: str) -> None:
 @torch.no_grad()
 def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float,
              runner: CodecRunner | None = None) -> tuple[bytes, dict]:
-    """Mono ``(samples,)`` float audio at the model's rate -> ``(.tkl bytes, details)``.
+    """``(samples,)`` (or ``(channels, samples)``) float audio at the model's rate -> ``(.tkl bytes, details)``.
 
     The audio is brought to ``loudness_dbfs`` RMS as in training; the gain goes into the header.
     ``details`` holds ``symbols`` ``(D, F)`` int32, the decoded latent ``z`` ``(D, F)`` float32, the
@@ -214,7 +214,7 @@ def compress(model: Codec, audio: np.ndarray, loudness_dbfs: float,
     gain = loudness_gain(audio, loudness_dbfs)
     runner = runner or CodecRunner(model)
     encoded = runner.encode([np.asarray(audio * gain, dtype=np.float32)])[0]
-    return compress_encoded(model, encoded, len(audio), gain)
+    return compress_encoded(model, encoded, audio.shape[-1], gain)
 
 
 def compress_encoded(model: Codec, encoded: Encoded, num_samples: int, gain: float) -> tuple[bytes, dict]:
@@ -316,8 +316,8 @@ def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, lo
     length = entry.length_at(sample_rate)
     gain = gain_for_level(entry.rms, entry.peak, loudness_dbfs)
     runner = CodecRunner(model, batch_size=batch_size)
-    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(entry, start, stop - start,
-                                                                                 sample_rate, gain))[0]
+    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(
+        entry, start, stop - start, sample_rate, gain, model.audio_channels))[0]
     data, details = compress_encoded(model, encoded, length, gain)
     write_bytes_atomic(out_path, data)
     header, symbols, z = read_symbols(model, data, out_path.name)
@@ -343,5 +343,5 @@ def decompress_file(model: Codec, tkl_path: str | Path, out_path: str | Path,
     header, _, z = read_symbols(model, data, str(tkl_path))
     runner = CodecRunner(model, batch_size=batch_size)
     pieces = ((first, _finite(audio, str(tkl_path)) / header.gain) for _, first, audio in runner.decode_pieces([z]))
-    samples = write_audio_stream(out_path, model.sample_rate, pieces, header.num_samples)
+    samples = write_audio_stream(out_path, model.sample_rate, pieces, header.num_samples, model.audio_channels)
     return {"samples": samples, "sample_rate": header.sample_rate, "frames": header.frames}

@@ -59,6 +59,11 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     if args.kind == "speech":
         from targetkl.data.speech import write_speech_corpus
 
+        if args.channels != 1:
+            from targetkl.config import ConfigError
+
+            raise ConfigError(f"--channels {args.channels}: the speech corpus is mono; leave --channels out")
+
         out = write_speech_corpus(args.out, clips=args.clips, sample_rate=args.sample_rate, seed=args.seed,
                                   progress=not args.quiet)
         print(f"wrote {args.clips} spoken clips, captions.jsonl (the spoken text) and grammar.jsgf to {out}")
@@ -66,7 +71,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     from targetkl.data.corpus import write_corpus
 
     out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
-                       seed=args.seed, progress=not args.quiet, snr_db=args.snr_db)
+                       seed=args.seed, progress=not args.quiet, snr_db=args.snr_db, channels=args.channels)
     print(f"wrote {args.clips} clips and captions.jsonl to {out}")
     return 0
 
@@ -370,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     corpus.add_argument("--snr-db", type=float, default=float("inf"),
                         help="lay each clip over white noise this many dB below its RMS (default: inf, none)")
+    corpus.add_argument("--channels", type=int, default=1,
+                        help="1 (default) or 2: each clip panned to its own place between left and right "
+                             "(train on it with --set model.audio_channels=2)")
     corpus.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     corpus.set_defaults(func=cmd_corpus)
 

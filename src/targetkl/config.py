@@ -66,10 +66,13 @@ class ModelConfig(EntrySections):
     ``init``: ``torch`` (PyTorch's default conv init) or ``scaled`` (variance preserving, zero biases,
     residual units start as the identity; see ``targetkl.models.codec.initialize_weights``).
 
-    Each bottleneck's own settings are a section named after it: ``model.vae.sigma_eps``, ``model.rvq.codebooks``.
+    ``audio_channels``: 1 (mono; files are downmixed) or more (stereo: 2; a mono file fills every channel, a file
+    with more channels gives its first ones). Each bottleneck's own settings are a section named after it:
+    ``model.vae.sigma_eps``, ``model.rvq.codebooks``.
     """
 
     sample_rate: int = 16000
+    audio_channels: int = 1
     encoder_dim: int = 8
     strides: tuple[int, ...] = (2, 4, 5, 8)
     decoder_dim: int = 64
@@ -243,10 +246,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "strides": (2, 4, 4, 10), "channel_multiples": (1, 2, 2, 4)},
         "train": {"min_lr_ratio": 0.0},
     },
-    # Stable Audio Open's VAE: 44.1 kHz, strides 2,4,4,8,8 (hop 2048, 21.5 Hz), 64 latent channels.
+    # Stable Audio Open's VAE: stereo 44.1 kHz, strides 2,4,4,8,8 (hop 2048, 21.5 Hz), 64 latent channels.
     "oobleck-44k": {
-        "model": {"architecture": "oobleck", "sample_rate": 44100, "encoder_dim": 128, "decoder_dim": 128,
-                  "latent_dim": 64, "strides": (2, 4, 4, 8, 8), "channel_multiples": (1, 2, 4, 8, 16)},
+        "model": {"architecture": "oobleck", "sample_rate": 44100, "audio_channels": 2, "encoder_dim": 128,
+                  "decoder_dim": 128, "latent_dim": 64, "strides": (2, 4, 4, 8, 8),
+                  "channel_multiples": (1, 2, 4, 8, 16)},
         "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
                  "adversarial": True},
         "data": {"segment_seconds": 2048 * 32 / 44100},
@@ -516,6 +520,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.init={model.init!r}: choose torch or scaled")
     if rate_config.warmup not in ("goal", "weight"):
         raise ConfigError(f"rate.warmup={rate_config.warmup!r}: choose goal or weight")
+    if not 1 <= model.audio_channels <= 8:
+        raise ConfigError(f"model.audio_channels={model.audio_channels}: use 1 (mono) or 2 (stereo), at most 8")
     if model.sample_rate <= 0 or model.latent_dim <= 0 or model.encoder_dim <= 0 or model.decoder_dim <= 0:
         raise ConfigError("model.sample_rate, latent_dim, encoder_dim and decoder_dim must be positive")
     if not model.strides or any(s <= 0 for s in model.strides):

@@ -48,7 +48,8 @@ def diffusers_config(config: Config) -> dict:
     return {"_class_name": "AutoencoderOobleck", "_diffusers_version": "0.30.0",
             "encoder_hidden_size": model.encoder_dim, "downsampling_ratios": list(model.strides),
             "channel_multiples": list(model.channel_multiples), "decoder_channels": model.decoder_dim,
-            "decoder_input_channels": model.latent_dim, "audio_channels": 1, "sampling_rate": model.sample_rate}
+            "decoder_input_channels": model.latent_dim, "audio_channels": model.audio_channels,
+            "sampling_rate": model.sample_rate}
 
 
 def check_diffusers(config: Config, codec: Codec, run: Path) -> None:
@@ -71,7 +72,7 @@ def latent_statistics(model: Codec, config: Config, data: str | Path, clips: int
     """Per-channel mean and std of the posterior means over up to ``clips`` training clips (drawn with
     ``seed``), every frame weighted equally: ``{"mean": [D], "std": [D], "clips": n, "frames": F}``."""
     train = load_folder(data, config.model.sample_rate, "train", config.data.valid_percent,
-                        config.data.loudness_dbfs, progress=False)
+                        config.data.loudness_dbfs, progress=False, channels=config.model.audio_channels)
     chosen = np.random.default_rng(seed).permutation(len(train.clips))[:clips]
     encoded = CodecRunner(model).encode([train.clips[int(i)].audio for i in chosen])
     total = torch.zeros(model.latent_dim, dtype=torch.float64)

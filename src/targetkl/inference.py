@@ -7,7 +7,8 @@ audio equal the whole-file ones up to float rounding (``tests/test_inference.py`
 of the same length, from one file or many, run as one batch of at most ``batch_size``; batching changes
 only float rounding, never which samples a frame sees.
 
-Audio is ``(samples,)`` float32 at the model's rate; latents are ``(latent_dim, frames)``.
+Audio is float32 at the model's rate, ``(samples,)`` for a mono model and ``(channels, samples)`` for one of
+several channels; latents are ``(latent_dim, frames)``.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class CodecRunner:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.batch_size = max(1, int(batch_size))
         self.hop = model.hop
+        self.channels = getattr(model, "audio_channels", 1)
         self.chunk_frames = max(1, int(round(chunk_seconds * model.frame_rate)))
         self.encoder_context, self.decoder_context = receptive_field_frames(model)
         self.max_batch_frames = max(1, int(MAX_BATCH_SECONDS * model.frame_rate))
@@ -145,8 +147,9 @@ class CodecRunner:
 
     @torch.no_grad()
     def encode(self, audios: list[np.ndarray]) -> list[Encoded]:
-        """Each ``(samples,)`` array, zero-padded to a whole number of frames, to its :class:`Encoded`."""
-        return self.encode_reader([len(a) for a in audios],
+        """Each ``(samples,)`` (or ``(channels, samples)``) array, zero-padded to a whole number of frames, to its
+        :class:`Encoded`."""
+        return self.encode_reader([a.shape[-1] for a in audios],
                                   lambda item, start, stop: _window(audios[item], start, stop))
 
     @torch.no_grad()
@@ -160,7 +163,7 @@ class CodecRunner:
         self.model.eval()
         for batch in batches_of_pieces(pieces, self.batch_size, self.max_batch_frames):
             audio = np.stack([read(p.item, p.start * self.hop, p.stop * self.hop) for p in batch])
-            out = self.model.encode(torch.from_numpy(audio).to(self.device)[:, None])
+            out = self.model.encode(torch.from_numpy(audio).to(self.device).reshape(len(batch), self.channels, -1))
             for row, piece in enumerate(batch):
                 keep = slice(piece.keep_start, piece.keep_stop)
                 parts[piece.item].append((piece.start + piece.keep_start, {
@@ -176,12 +179,14 @@ class CodecRunner:
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
     def decode(self, latents: list[torch.Tensor], lengths: list[int] | None = None) -> list[np.ndarray]:
-        """Each ``(D, F)`` latent to ``(F * hop,)`` audio, cut to ``lengths[i]`` samples when given."""
-        outputs = [np.zeros(z.shape[-1] * self.hop, dtype=np.float32) for z in latents]
+        """Each ``(D, F)`` latent to ``(F * hop,)`` (or ``(channels, F * hop)``) audio, cut to ``lengths[i]``
+        samples when given."""
+        shape = () if self.channels == 1 else (self.channels,)
+        outputs = [np.zeros((*shape, z.shape[-1] * self.hop), dtype=np.float32) for z in latents]
         for item, start, audio in self.decode_pieces(latents):
-            outputs[item][start:start + len(audio)] = audio
+            outputs[item][..., start:start + audio.shape[-1]] = audio
         if lengths is not None:
-            outputs = [out[:n] for out, n in zip(outputs, lengths)]
+            outputs = [out[..., :n] for out, n in zip(outputs, lengths)]
         return outputs
 
     @torch.no_grad()
@@ -196,9 +201,11 @@ class CodecRunner:
         next_index = 0
         for batch in batches_of_pieces(pieces, self.batch_size, self.max_batch_frames):
             z = torch.stack([latents[p.item][:, p.start:p.stop] for p in batch]).float().to(self.device)
-            audio = self.model.decode(z)[:, 0].float().cpu().numpy()
+            audio = self.model.decode(z).float().cpu().numpy()
+            if self.channels == 1:
+                audio = audio[:, 0]
             for row, piece in enumerate(batch):
-                kept = audio[row, piece.keep_start * self.hop: piece.keep_stop * self.hop]
+                kept = audio[row, ..., piece.keep_start * self.hop: piece.keep_stop * self.hop]
                 pending[(piece.item, piece.start + piece.keep_start)] = kept
             while next_index < len(order) and order[next_index] in pending:
                 item, frame = order[next_index]
@@ -209,13 +216,13 @@ class CodecRunner:
     def reconstruct(self, audios: list[np.ndarray]) -> tuple[list[np.ndarray], list[Encoded]]:
         """Encode and decode: each decode cut to its input's length, with the encodings."""
         encoded = self.encode(audios)
-        return self.decode([e.z for e in encoded], [len(a) for a in audios]), encoded
+        return self.decode([e.z for e in encoded], [a.shape[-1] for a in audios]), encoded
 
 
 def _window(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
-    out = np.zeros(stop - start, dtype=np.float32)
-    part = audio[start:stop]
-    out[:len(part)] = part
+    out = np.zeros((*audio.shape[:-1], stop - start), dtype=np.float32)
+    part = audio[..., start:stop]
+    out[..., :part.shape[-1]] = part
     return out
 
 

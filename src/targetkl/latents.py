@@ -34,8 +34,8 @@ def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path, batc
     entry = file_entry(audio_path)
     length = entry.length_at(model.sample_rate)
     runner = CodecRunner(model, batch_size=batch_size, chunk_seconds=chunk_seconds)
-    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(entry, start, stop - start,
-                                                                                 model.sample_rate))[0]
+    encoded = runner.encode_reader([length], lambda _, start, stop: read_window(
+        entry, start, stop - start, model.sample_rate, channels=model.audio_channels))[0]
     tensors = {"latent": encoded.z.contiguous()}
     if encoded.std is not None:
         tensors["std"] = encoded.std.contiguous()
@@ -43,6 +43,7 @@ def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path, batc
         tensors["codes"] = encoded.codes.to(torch.int32).contiguous()
     metadata = {"format": "targetkl-latents", "version": "1", "sample_rate": str(model.sample_rate),
                 "hop": str(model.hop), "frame_rate": repr(model.frame_rate), "num_samples": str(length),
+                "audio_channels": str(model.audio_channels),
                 "fingerprint": model_fingerprint(model),
                 "bits_per_frame": repr(float(encoded.bits_per_frame.mean()))}
     save_file(tensors, str(out_path), metadata=metadata)
@@ -87,5 +88,5 @@ def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path, bat
                               "re-encode it with `targetkl encode`")
     runner = CodecRunner(model, batch_size=batch_size, chunk_seconds=chunk_seconds)
     pieces = ((first, audio) for _, first, audio in runner.decode_pieces([latent.float()]))
-    samples = write_audio_stream(out_path, model.sample_rate, pieces, num_samples)
-    return {"samples": samples, "sample_rate": model.sample_rate}
+    samples = write_audio_stream(out_path, model.sample_rate, pieces, num_samples, model.audio_channels)
+    return {"samples": samples, "sample_rate": model.sample_rate, "channels": model.audio_channels}

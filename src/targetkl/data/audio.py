@@ -2,8 +2,10 @@
 
 Nothing here holds a corpus in memory: an :class:`AudioSet` is the index entries of one split, and
 every clip, window or crop is read from disk when asked for (wav/flac/aiff seek to the window, other
-formats decode what they must; a tar member is read from its byte offset). Audio arrays are float32,
-mono, ``(samples,)`` at the model's sample rate (soxr), scaled by the file's stored loudness gain.
+formats decode what they must; a tar member is read from its byte offset). Audio arrays are float32 at the
+model's sample rate (soxr), scaled by the file's stored loudness gain: ``(samples,)`` for a mono model (files
+are downmixed), ``(channels, samples)`` for one of several channels (see :func:`fit_channels`). Code that
+takes either reads the length as ``audio.shape[-1]``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,20 @@ class AudioClip:
     label: str | None = None
 
 
-def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
-    """Read any soundfile-supported file, downmix to mono, resample with soxr: ``(samples,)`` float32.
+def fit_channels(data: np.ndarray, channels: int) -> np.ndarray:
+    """``(frames, file_channels)`` to the model's channels: ``(frames,)``, the mix, when ``channels == 1``; else
+    ``(frames, channels)``: a file's first ``channels`` channels, or, when it has fewer (a mono file), its mix in
+    every channel."""
+    if channels == 1:
+        return data.mean(axis=1)
+    if data.shape[1] >= channels:
+        return data[:, :channels]
+    return np.repeat(data.mean(axis=1, keepdims=True), channels, axis=1)
+
+
+def load_audio(path: str | Path, sample_rate: int, channels: int = 1) -> np.ndarray:
+    """Read any soundfile-supported file, fit it to ``channels`` (:func:`fit_channels`), resample with soxr:
+    ``(samples,)`` float32 for one channel, ``(channels, samples)`` for more.
 
     Raises ``DataError`` with the path and the reason if the file is unreadable, empty or not finite.
     """
@@ -57,10 +71,10 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise DataError(f"{path}: empty: the file holds no samples")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: non-finite: the file holds NaN or Inf samples")
-    mono = data.mean(axis=1)
+    fitted = fit_channels(data, channels)
     if file_rate != sample_rate:
-        mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ").astype(np.float32)
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        fitted = soxr.resample(fitted, file_rate, sample_rate, quality="HQ").astype(np.float32)
+    return np.ascontiguousarray(fitted.T, dtype=np.float32)
 
 
 def gain_for_level(rms: float, peak: float, target_dbfs: float | None) -> float:
@@ -75,8 +89,8 @@ def gain_for_level(rms: float, peak: float, target_dbfs: float | None) -> float:
 
 def loudness_gain(audio: np.ndarray, target_dbfs: float) -> float:
     """:func:`gain_for_level` of an array."""
-    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if len(audio) else 0.0
-    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) if audio.size else 0.0
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     return gain_for_level(rms, peak, target_dbfs)
 
 
@@ -111,46 +125,50 @@ def _resample(mono: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return soxr.resample(mono, rate_in, rate_out, quality="HQ").astype(np.float32)
 
 
-def _read_native(sound: sf.SoundFile, start: int, frames: int) -> np.ndarray:
-    """Mono float32 frames ``[start, start + frames)`` of an open file; decodes from the start where the
-    format cannot seek."""
+def _read_native(sound: sf.SoundFile, start: int, frames: int, channels: int = 1) -> np.ndarray:
+    """Float32 frames ``[start, start + frames)`` of an open file, ``(frames,)`` or ``(frames, channels)`` (see
+    :func:`fit_channels`); decodes from the start where the format cannot seek."""
     try:
         sound.seek(start)
         data = sound.read(frames, dtype="float32", always_2d=True)
     except (RuntimeError, sf.SoundFileError):
         sound.seek(0)
         data = sound.read(start + frames, dtype="float32", always_2d=True)[start:]
-    return data.mean(axis=1) if data.shape[0] else np.zeros(0, dtype=np.float32)
+    if not data.shape[0]:
+        return np.zeros((0,) if channels == 1 else (0, channels), dtype=np.float32)
+    return fit_channels(data, channels)
 
 
-def read_window(entry: IndexEntry, start: int, length: int, sample_rate: int, gain: float = 1.0) -> np.ndarray:
+def read_window(entry: IndexEntry, start: int, length: int, sample_rate: int, gain: float = 1.0,
+                channels: int = 1) -> np.ndarray:
     """Samples ``[start, start + length)`` of ``entry`` at ``sample_rate``, times ``gain``: ``(length,)``
-    float32, zero-padded past the end of the file.
+    float32 (``(channels, length)`` for ``channels > 1``), zero-padded past the end of the file.
 
     At another native rate the window is read with a margin, on the grid where native and model
     samples coincide, resampled with soxr and cut; it equals the same window of the resampled whole
     file up to the resampler's edge effects inside the margin.
     """
-    out = np.zeros(length, dtype=np.float32)
+    out = np.zeros(length if channels == 1 else (channels, length), dtype=np.float32)
     native = entry.sample_rate
     try:
         with open_sound(entry.file, entry.offset, entry.member_size) as sound:
             if native == sample_rate:
-                audio = _read_native(sound, start, min(length, max(entry.frames - start, 0)))
+                audio = _read_native(sound, start, min(length, max(entry.frames - start, 0)), channels)
             else:
                 period_native = native // math.gcd(native, sample_rate)
                 period_model = sample_rate // math.gcd(native, sample_rate)
                 first = max(0, (start * native // sample_rate - RESAMPLE_MARGIN) // period_native * period_native)
                 last = min(entry.frames, -(-((start + length) * native // sample_rate + RESAMPLE_MARGIN)
                                           // period_native) * period_native)
-                resampled = _resample(_read_native(sound, first, max(last - first, 0)), native, sample_rate)
+                resampled = _resample(_read_native(sound, first, max(last - first, 0), channels), native,
+                                      sample_rate)
                 skip = start - first // period_native * period_model
                 audio = resampled[skip:skip + length]
     except (OSError, RuntimeError, sf.SoundFileError) as error:
         raise DataError(f"{entry.file}: unreadable audio while reading a window ({error}); re-index with "
                         "`targetkl index`") from error
-    audio = audio[:length]
-    out[:len(audio)] = audio if gain == 1.0 else audio * gain
+    audio = audio[:length].T
+    out[..., :audio.shape[-1]] = audio if gain == 1.0 else audio * gain
     return out
 
 
@@ -160,7 +178,7 @@ class AudioSet:
 
     ``clips`` is a sequence of :class:`AudioClip` whose audio is read when an item is taken (at most
     ``max_seconds``; longer files keep their start and are listed in ``cropped``). ``read`` gives any
-    window, ``length`` the length of clip ``i`` in samples at ``sample_rate``.
+    window, ``length`` the length of clip ``i`` in samples at ``sample_rate``; audio has ``channels`` channels.
     """
 
     root: Path
@@ -169,6 +187,7 @@ class AudioSet:
     loudness_dbfs: float | None = -20.0
     skipped: dict[str, str] = field(default_factory=dict)
     max_seconds: float = MAX_SECONDS
+    channels: int = 1
 
     def __post_init__(self) -> None:
         self.lengths = np.array([e.length_at(self.sample_rate) for e in self.entries], dtype=np.int64)
@@ -194,10 +213,12 @@ class AudioSet:
         return int(self.lengths[index])
 
     def read(self, index: int, start: int = 0, length: int | None = None) -> np.ndarray:
-        """``(length,)`` samples of clip ``index`` from ``start`` (default: to the end), loudness-normalized."""
+        """``(length,)`` (or ``(channels, length)``) samples of clip ``index`` from ``start`` (default: to the end),
+        loudness-normalized."""
         if length is None:
             length = max(self.length(index) - start, 0)
-        return read_window(self.entries[index], start, length, self.sample_rate, float(self.gains[index]))
+        return read_window(self.entries[index], start, length, self.sample_rate, float(self.gains[index]),
+                           self.channels)
 
     def clip(self, index: int) -> AudioClip:
         entry = self.entries[index]
@@ -235,8 +256,9 @@ class LazyClips(Sequence):
 
 def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_percent: float = 10.0,
                 loudness_dbfs: float | None = -20.0, progress: bool = True,
-                max_seconds: float = MAX_SECONDS, workers: int | None = None) -> AudioSet:
-    """The ``train``, ``held_out`` or ``all`` split of a ``--data`` source (folder, manifest or shards).
+                max_seconds: float = MAX_SECONDS, workers: int | None = None, channels: int = 1) -> AudioSet:
+    """The ``train``, ``held_out`` or ``all`` split of a ``--data`` source (folder, manifest or shards), read as
+    ``channels`` channels.
 
     The split is by a hash of each listed path (usable or not, so a file's split never depends on
     whether its neighbours could be read). Indexes the source first (cached; only new or changed files are probed).
@@ -256,7 +278,7 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
     chosen = set(chosen_paths)
     entries = [e for e in index.entries if e.path in chosen]
     skipped = {p: index.skipped[p] for p in chosen_paths if p in index.skipped}
-    audio_set = AudioSet(Path(str(root)), sample_rate, entries, loudness_dbfs, skipped, max_seconds)
+    audio_set = AudioSet(Path(str(root)), sample_rate, entries, loudness_dbfs, skipped, max_seconds, channels)
     if skipped or audio_set.cropped:
         log.warning(audio_set.summary())
     if not entries:
@@ -267,7 +289,7 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
 
 def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, seed: int, step: int,
                  rows: range | None = None) -> torch.Tensor:
-    """A ``(batch, 1, segment_samples)`` batch of random crops, a pure function of ``(seed, step)``.
+    """A ``(batch, channels, segment_samples)`` batch of random crops, a pure function of ``(seed, step)``.
 
     Clips shorter than the segment are placed at a random offset in zeros. Because the batch depends
     only on the step, a resumed run sees exactly the batches an uninterrupted run would. ``rows`` reads
@@ -280,13 +302,13 @@ def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, see
         length = audio_set.length(int(index))
         start = int(rng.integers(0, abs(length - segment_samples) + 1))
         plan.append((int(index), length, start))
-    batch = np.zeros((len(rows), 1, segment_samples), dtype=np.float32)
+    batch = np.zeros((len(rows), audio_set.channels, segment_samples), dtype=np.float32)
     for out_row, row in enumerate(rows):
         index, length, start = plan[row]
         if length >= segment_samples:
-            batch[out_row, 0] = audio_set.read(index, start, segment_samples)
+            batch[out_row] = audio_set.read(index, start, segment_samples)
         else:
-            batch[out_row, 0, start:start + length] = audio_set.read(index, 0, length)
+            batch[out_row, :, start:start + length] = audio_set.read(index, 0, length)
     return torch.from_numpy(batch)
 
 
@@ -308,28 +330,29 @@ def file_entry(path: str | Path) -> IndexEntry:
                       **{k: result[k] for k in ("sample_rate", "channels", "frames", "rms", "peak")})
 
 
-def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: int) -> int:
-    """Write ``(first sample, audio)`` pieces in order into a 16-bit wav of ``num_samples`` samples, as they
-    come (the file is never in memory whole); returns the samples written."""
+def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: int, channels: int = 1) -> int:
+    """Write ``(first sample, audio)`` pieces (``(samples,)`` or ``(channels, samples)``) in order into a 16-bit
+    wav of ``num_samples`` samples, as they come (the file is never in memory whole); returns the samples
+    written."""
     path = output_path(path)
     written = 0
-    with sf.SoundFile(str(path), "w", sample_rate, 1, "PCM_16") as out:
+    with sf.SoundFile(str(path), "w", sample_rate, channels, "PCM_16") as out:
         for first, audio in pieces:
-            audio = audio[: max(num_samples - first, 0)]
-            if len(audio):
-                out.write(np.clip(audio, -1.0, 1.0))
-                written += len(audio)
+            audio = audio[..., : max(num_samples - first, 0)]
+            if audio.shape[-1]:
+                out.write(np.clip(audio.T, -1.0, 1.0))
+                written += audio.shape[-1]
     return written
 
 
 def write_example_clips(folder: Path, clips: list[np.ndarray], sample_rate: int) -> list[str]:
-    """Write ``clips`` (each ``(samples,)`` float, clipped to [-1, 1]) as 16-bit ``clip{i}.wav`` files in
-    ``folder`` (created); returns their paths."""
+    """Write ``clips`` (each ``(samples,)`` or ``(channels, samples)`` float, clipped to [-1, 1]) as 16-bit
+    ``clip{i}.wav`` files in ``folder`` (created); returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, audio in enumerate(clips):
         path = folder / f"clip{index}.wav"
-        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64), -1, 1), sample_rate, subtype="PCM_16")
+        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64).T, -1, 1), sample_rate, subtype="PCM_16")
         paths.append(str(path))
     return paths

@@ -166,18 +166,33 @@ def synthesize_clip(seed: int, index: int, seconds: float, sample_rate: int,
     return audio.astype(np.float32), label, caption
 
 
-def corpus_settings(clips: int, seconds: float, sample_rate: int, seed: int, snr_db: float) -> dict:
+def corpus_settings(clips: int, seconds: float, sample_rate: int, seed: int, snr_db: float, channels: int = 1) -> dict:
     """What ``OUT/corpus.json`` records: everything the clips depend on."""
-    return {"clips": clips, "seconds": seconds, "sample_rate": sample_rate,
-            "seed": seed, "snr_db": snr_db if np.isfinite(snr_db) else None}
+    settings = {"clips": clips, "seconds": seconds, "sample_rate": sample_rate,
+                "seed": seed, "snr_db": snr_db if np.isfinite(snr_db) else None}
+    return settings if channels == 1 else {**settings, "channels": channels}
+
+
+def pan_stereo(audio: np.ndarray, seed: int, index: int, sample_rate: int) -> np.ndarray:
+    """``(samples,)`` -> ``(2, samples)``: the clip placed at a random position between left and right
+    (constant-power gains) with the far channel up to 0.5 ms late, so each clip has its own stereo image."""
+    rng = np.random.default_rng([seed, index, 2])
+    position = rng.uniform(-1.0, 1.0)
+    angle = (position + 1.0) * np.pi / 4
+    delay = int(round(abs(position) * 0.0005 * sample_rate))
+    late = np.concatenate([np.zeros(delay, dtype=audio.dtype), audio[: len(audio) - delay]])
+    left, right = (audio, late) if position < 0 else (late, audio)
+    return np.stack([np.cos(angle) * left, np.sin(angle) * right]).astype(np.float32)
 
 
 def write_corpus(out_dir: str | Path, clips: int = 300, seconds: float = 1.0, sample_rate: int = 16000,
-                 seed: int = 0, progress: bool = True, snr_db: float = DEFAULT_SNR_DB) -> Path:
+                 seed: int = 0, progress: bool = True, snr_db: float = DEFAULT_SNR_DB, channels: int = 1) -> Path:
     """Write ``clips`` wav files under ``OUT/clips/``, ``OUT/captions.jsonl`` and ``OUT/corpus.json``
-    (the settings); returns ``OUT``."""
+    (the settings); returns ``OUT``. ``channels=2`` pans each clip (:func:`pan_stereo`)."""
     if clips <= 0 or seconds <= 0 or sample_rate <= 0:
         raise ConfigError(f"--clips {clips}, --seconds {seconds}, --sample-rate {sample_rate}: each must be positive")
+    if channels not in (1, 2):
+        raise ConfigError(f"--channels {channels}: the demo corpus is mono (1) or stereo (2)")
     if not snr_db > 0:
         raise ConfigError(f"--snr-db {snr_db:g}: the noise floor must lie below the signal "
                           "(a positive dB value, or inf)")
@@ -186,10 +201,12 @@ def write_corpus(out_dir: str | Path, clips: int = 300, seconds: float = 1.0, sa
     lines = []
     for index in tqdm(range(clips), desc="synthesizing corpus", disable=not progress):
         audio, label, caption = synthesize_clip(seed, index, seconds, sample_rate, snr_db)
+        if channels == 2:
+            audio = pan_stereo(audio, seed, index, sample_rate).T
         relative = f"clips/{index:04d}_{label}.wav"
         sf.write(out_dir / relative, audio, sample_rate, subtype="PCM_16")
         lines.append(json.dumps({"path": relative, "caption": caption, "label": label}))
     (out_dir / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    settings = corpus_settings(clips, seconds, sample_rate, seed, snr_db)
+    settings = corpus_settings(clips, seconds, sample_rate, seed, snr_db, channels)
     (out_dir / "corpus.json").write_text(json.dumps(settings, indent=2) + "\n")
     return out_dir

@@ -79,7 +79,10 @@ class SpeechRecognizer:
         self.originals: dict[str, str] = {}
 
     def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+        """The recognizer's words for ``(samples,)`` audio (``(channels, samples)``: their mix)."""
         audio = np.asarray(audio, dtype=np.float64)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=0)
         if sample_rate != RECOGNIZER_RATE:
             audio = soxr.resample(audio, sample_rate, RECOGNIZER_RATE)
         audio = audio + NOISE_FLOOR * np.random.default_rng(0).standard_normal(len(audio))

@@ -18,7 +18,7 @@ REPORT_SECONDS = 60.0
 
 
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    """``10 log10(sum reference^2 / sum (reference - estimate)^2)``, dB, for equal-length 1-D arrays."""
+    """``10 log10(sum reference^2 / sum (reference - estimate)^2)``, dB, for arrays of equal shape."""
     noise = float(np.sum((reference.astype(np.float64) - estimate) ** 2))
     signal = float(np.sum(reference.astype(np.float64) ** 2))
     return 10 * math.log10((signal + 1e-12) / (noise + 1e-12))
@@ -38,7 +38,7 @@ def compress_and_measure(model: Codec, audio_path: str | Path, out_path: str | P
     entry = file_entry(audio_path)
     shown = min(entry.length_at(sample_rate), int(REPORT_SECONDS * sample_rate))
     runner = CodecRunner(model, batch_size=batch_size)
-    audio = read_window(entry, 0, shown, sample_rate)
+    audio = read_window(entry, 0, shown, sample_rate, channels=model.audio_channels)
     decompressed = decode_latent(model, written.latent, shown, written.gain, runner)
     mean_decoded = decode_latent(model, written.posterior_mean, shown, written.gain, runner)
     vs_input = clip_metrics(audio, decompressed, sample_rate, perceptual=False)

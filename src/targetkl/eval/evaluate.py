@@ -20,7 +20,7 @@ def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptua
     """Measure ``model`` (on whichever device it is) on the held-out split of ``data_dir``, read from disk
     ``batch_size`` clips at a time."""
     held_out = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
-                           config.data.loudness_dbfs, progress=False)
+                           config.data.loudness_dbfs, progress=False, channels=config.model.audio_channels)
     result = measure_rate_and_distortion(model, held_out.clips, perceptual=perceptual, progress=progress,
                                          batch_size=batch_size, recognizer=recognizer_for(data_dir))
     target = model.bottleneck.target_kbps(config.rate.target_kbps, result["rate_kbps"])

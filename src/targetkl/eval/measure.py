@@ -38,7 +38,7 @@ def latent_use(inputs: list[np.ndarray], decoded: list[np.ndarray], sample_rate:
 
 def reconstruct(model: Codec, audio: np.ndarray,
                 device: torch.device | str | None = None) -> tuple[np.ndarray, float, int]:
-    """Encode and decode one clip in eval mode: ``(decoded (samples,), total bits, frames)``."""
+    """Encode and decode one clip in eval mode: ``(decoded (samples,) or (channels, samples), total bits, frames)``."""
     decoded, encoded = CodecRunner(model, device).reconstruct([audio])
     return decoded[0], float(encoded[0].bits_per_frame.sum()), encoded[0].frames
 
@@ -97,11 +97,11 @@ def _clip_batches(clips: Sequence[AudioClip], batch_size: int, max_samples: int)
     batch, samples = [], 0
     for index in range(len(clips)):
         clip = clips[index]
-        if batch and (len(batch) >= batch_size or samples + len(clip.audio) > max_samples):
+        if batch and (len(batch) >= batch_size or samples + clip.audio.size > max_samples):
             yield batch
             batch, samples = [], 0
         batch.append(clip)
-        samples += len(clip.audio)
+        samples += clip.audio.size
     if batch:
         yield batch
 
@@ -109,6 +109,6 @@ def _clip_batches(clips: Sequence[AudioClip], batch_size: int, max_samples: int)
 def _pair_distances(one: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray],
                     sample_rate: int) -> tuple[float, float]:
     """Mel distances between two clips' decodes and between their inputs, both cut to the shorter clip."""
-    length = min(len(one[0]), len(other[0]))
-    return (mel_distance(one[1][:length], other[1][:length], sample_rate),
-            mel_distance(one[0][:length], other[0][:length], sample_rate))
+    length = min(one[0].shape[-1], other[0].shape[-1])
+    return (mel_distance(one[1][..., :length], other[1][..., :length], sample_rate),
+            mel_distance(one[0][..., :length], other[0][..., :length], sample_rate))

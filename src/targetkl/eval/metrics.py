@@ -38,18 +38,21 @@ _STFT_METRIC = MultiResolutionSTFTLoss(STFT_WINDOWS)
 
 
 def _tensor(audio: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(audio, dtype=np.float32))[None, None]
+    """``(samples,)`` or ``(channels, samples)`` to ``(1, channels, samples)``."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return torch.as_tensor(audio).reshape(1, -1, audio.shape[-1])
 
 
 def padded_to(audio: np.ndarray, samples: int) -> np.ndarray:
-    """``audio`` followed by zeros up to ``samples`` (unchanged when it is that long already)."""
+    """``audio`` followed by zeros up to ``samples`` along its last axis (unchanged when it is that long)."""
     audio = np.asarray(audio, dtype=np.float32)
-    return audio if len(audio) >= samples else np.pad(audio, (0, samples - len(audio)))
+    missing = samples - audio.shape[-1]
+    return audio if missing <= 0 else np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, missing)])
 
 
 def mel_distance(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
-    """Multi-scale log-mel L1; a pair shorter than the largest window is zero-padded to it (the STFT's
-    reflection padding needs more samples than half a window)."""
+    """Multi-scale log-mel L1 (over every channel of ``(channels, samples)`` audio); a pair shorter than the
+    largest window is zero-padded to it (the STFT's reflection padding needs more samples than half a window)."""
     reference, estimate = padded_to(reference, MIN_SAMPLES), padded_to(estimate, MIN_SAMPLES)
     with torch.no_grad():
         return float(_mel_metric(sample_rate)(_tensor(estimate), _tensor(reference)))
@@ -153,11 +156,14 @@ PERCEPTUAL_METRICS = ("pesq", "stoi", "visqol")
 
 def clip_metrics(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
                  perceptual: bool = True) -> dict[str, float]:
-    """All metrics for one clip; ``estimate`` is cut or zero-padded to the reference's length."""
+    """All metrics for one clip; ``estimate`` is cut or zero-padded to the reference's length. For
+    ``(channels, samples)`` audio each metric is the mean of its values on each channel (NaN if any channel
+    could not be scored)."""
     reference = np.asarray(reference, dtype=np.float32)
-    estimate = np.asarray(estimate, dtype=np.float32)[: len(reference)]
-    if len(estimate) < len(reference):
-        estimate = np.pad(estimate, (0, len(reference) - len(estimate)))
+    estimate = padded_to(np.asarray(estimate, dtype=np.float32)[..., : reference.shape[-1]], reference.shape[-1])
+    if reference.ndim == 2:
+        per_channel = [clip_metrics(one, other, sample_rate, perceptual) for one, other in zip(reference, estimate)]
+        return {key: float(np.mean([values[key] for values in per_channel])) for key in per_channel[0]}
     values = {"mel_distance": mel_distance(reference, estimate, sample_rate),
               "stft_distance": stft_distance(reference, estimate),
               "si_sdr": si_sdr_db(reference, estimate)}

@@ -178,7 +178,7 @@ class Sweep:
         self.base = resolve(preset, self.files, self.assignments)
         self.held_out: list[AudioClip] = load_folder(
             self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
-            self.base.data.loudness_dbfs, progress=False).clips
+            self.base.data.loudness_dbfs, progress=False, channels=self.base.model.audio_channels).clips
         self.example_clips = self.held_out[:example_clips]
         self.recognizer = recognizer_for(self.data)  # speech sources: wer and cer of every system
         self.trained: list[str] = []
@@ -332,6 +332,11 @@ def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: l
     """Plan, run (or continue) and report a sweep; returns the rows and the sweep (``sweep.trained`` names
     the points trained by this call)."""
     check_tools(baselines)
+    channels = resolve(preset, config_files, assignments).model.audio_channels
+    classic = [name for name in baselines if name in CLASSIC_CODECS]
+    if channels > 1 and classic:
+        raise SweepError(f"--baselines {','.join(classic)}: the classic codecs are run on mono audio, and this sweep's "
+                         f"codecs have {channels} channels; leave them out (or sweep a mono preset)")
     sweep = Sweep(data, out, preset, config_files, assignments, perceptual, progress=progress, device=device,
                   batch_size=batch_size)
     extra = {name: architecture_flags(preset, name) for name in architectures or []

@@ -69,10 +69,13 @@ class Judge:
     trained_on: list[str]
 
     def prepare(self, clips: list[np.ndarray]) -> torch.Tensor:
-        """Loudness-normalize and cut or zero-pad every clip to the judge's length: ``(B, samples)``."""
+        """Loudness-normalize and cut or zero-pad every clip (``(channels, samples)`` ones: their mix) to the judge's
+        length: ``(B, samples)``."""
         batch = np.zeros((len(clips), self.samples), dtype=np.float32)
         for row, audio in enumerate(clips):
-            audio = normalize_loudness(np.asarray(audio, dtype=np.float32)[: self.samples], LOUDNESS_DBFS)
+            audio = np.asarray(audio, dtype=np.float32)
+            audio = audio.mean(axis=0) if audio.ndim == 2 else audio
+            audio = normalize_loudness(audio[: self.samples], LOUDNESS_DBFS)
             batch[row, : len(audio)] = audio
         return torch.from_numpy(batch)
 

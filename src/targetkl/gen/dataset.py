@@ -73,7 +73,7 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
     held_out_bits, held_out_frames = 0.0, 0
     for split in ("train", "held_out"):
         audio_set = load_folder(data, config.model.sample_rate, split, config.data.valid_percent,
-                                config.data.loudness_dbfs, progress=False)
+                                config.data.loudness_dbfs, progress=False, channels=config.model.audio_channels)
         bar = tqdm(total=len(audio_set), desc=f"pre-encoding {split}", disable=not progress, leave=False)
         for first in range(0, len(audio_set), batch_size):
             clips = audio_set.clips[first:first + batch_size]

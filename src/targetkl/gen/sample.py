@@ -51,8 +51,8 @@ def generate_latents(generator: LoadedGenerator, prompts: list[str], frames: int
 
 @torch.no_grad()
 def decode_latents(decoder: Codec, latents: torch.Tensor) -> list[np.ndarray]:
-    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` float32 audio clipped to [-1, 1], batched
-    and in chunks on the decoder's device."""
+    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` (or ``(channels, frames * hop)``) float32 audio
+    clipped to [-1, 1], batched and in chunks on the decoder's device."""
     decoded = CodecRunner(decoder).decode([latent for latent in latents.float().cpu()])
     return [np.clip(audio, -1.0, 1.0).astype(np.float32) for audio in decoded]
 
@@ -64,5 +64,6 @@ def generate_file(generator_dir: str | Path, prompt: str, out: str | Path, steps
     decoder = decoder_for(generator, device)
     frames = frames_for(generator, seconds)
     audio = decode_latents(decoder, generate_latents(generator, [prompt], frames, steps, cfg, seed))[0]
-    sf.write(str(out), audio, decoder.sample_rate, subtype="PCM_16")
-    return {"samples": len(audio), "sample_rate": decoder.sample_rate, "seconds": len(audio) / decoder.sample_rate}
+    sf.write(str(out), audio.T, decoder.sample_rate, subtype="PCM_16")
+    samples = audio.shape[-1]
+    return {"samples": samples, "sample_rate": decoder.sample_rate, "seconds": samples / decoder.sample_rate}

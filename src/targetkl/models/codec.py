@@ -1,6 +1,6 @@
 """DAC-style convolutional encoder and decoder around a pluggable bottleneck ("DAC-VAE").
 
-Waveforms are ``(batch, 1, samples)`` in [-1, 1]; latents are ``(batch, latent_dim, frames)`` with
+Waveforms are ``(batch, audio_channels, samples)`` in [-1, 1]; latents are ``(batch, latent_dim, frames)`` with
 ``frames = samples / hop`` and ``hop = prod(strides)``.
 """
 
@@ -52,11 +52,11 @@ class DecoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """``(B, 1, T) -> (B, out_channels, T / hop)``; channels double at every stride."""
+    """``(B, audio_channels, T) -> (B, out_channels, T / hop)``; channels double at every stride."""
 
-    def __init__(self, dim: int, strides: tuple[int, ...], out_channels: int):
+    def __init__(self, dim: int, strides: tuple[int, ...], out_channels: int, audio_channels: int = 1):
         super().__init__()
-        layers: list[nn.Module] = [wn_conv1d(1, dim, kernel_size=7)]
+        layers: list[nn.Module] = [wn_conv1d(audio_channels, dim, kernel_size=7)]
         channels = dim
         for stride in strides:
             channels *= 2
@@ -70,9 +70,9 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """``(B, latent_dim, F) -> (B, 1, F * hop)``; channels halve at every stride; output in [-1, 1]."""
+    """``(B, latent_dim, F) -> (B, audio_channels, F * hop)``; channels halve at every stride; output in [-1, 1]."""
 
-    def __init__(self, latent_dim: int, dim: int, strides: tuple[int, ...]):
+    def __init__(self, latent_dim: int, dim: int, strides: tuple[int, ...], audio_channels: int = 1):
         super().__init__()
         layers: list[nn.Module] = [wn_conv1d(latent_dim, dim, kernel_size=7)]
         channels = dim
@@ -80,7 +80,7 @@ class Decoder(nn.Module):
             out_channels = max(channels // 2, 1)
             layers.append(DecoderBlock(channels, out_channels, stride))
             channels = out_channels
-        layers += [Snake(channels), wn_conv1d(channels, 1, kernel_size=7), nn.Tanh()]
+        layers += [Snake(channels), wn_conv1d(channels, audio_channels, kernel_size=7), nn.Tanh()]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
@@ -88,15 +88,17 @@ class Decoder(nn.Module):
 
 
 def _dac_parts(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
-    return (Encoder(model.encoder_dim, model.strides, out_channels),
-            Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides))))
+    return (Encoder(model.encoder_dim, model.strides, out_channels, model.audio_channels),
+            Decoder(model.latent_dim, model.decoder_dim, tuple(reversed(model.strides)), model.audio_channels))
 
 
 def _oobleck_parts(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
     from targetkl.models.oobleck import OobleckDecoder, OobleckEncoder
 
-    return (OobleckEncoder(model.encoder_dim, model.strides, model.channel_multiples, out_channels),
-            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, model.channel_multiples))
+    return (OobleckEncoder(model.encoder_dim, model.strides, model.channel_multiples, out_channels,
+                           model.audio_channels),
+            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, model.channel_multiples,
+                           model.audio_channels))
 
 
 # model.architecture -> (encoder, decoder) for a bottleneck taking ``out_channels`` inputs
@@ -110,6 +112,7 @@ class Codec(nn.Module):
     def __init__(self, model: ModelConfig, bottleneck: Bottleneck):
         super().__init__()
         self.sample_rate = model.sample_rate
+        self.audio_channels = model.audio_channels
         self.hop = model.hop
         self.frame_rate = model.frame_rate
         self.latent_dim = model.latent_dim
@@ -119,18 +122,18 @@ class Codec(nn.Module):
             initialize_weights(self)
 
     def pad(self, audio: torch.Tensor) -> torch.Tensor:
-        """Right-pad ``(B, 1, T)`` with zeros to a multiple of ``hop``."""
+        """Right-pad ``(B, C, T)`` with zeros to a multiple of ``hop``."""
         remainder = audio.shape[-1] % self.hop
         if remainder:
             audio = F.pad(audio, (0, self.hop - remainder))
         return audio
 
     def encode(self, audio: torch.Tensor) -> BottleneckOutput:
-        """``(B, 1, T)`` with ``T % hop == 0`` to the bottleneck's output (latent ``(B, D, T/hop)``)."""
+        """``(B, audio_channels, T)`` with ``T % hop == 0`` to the bottleneck's output (latent ``(B, D, T/hop)``)."""
         return self.bottleneck(self.encoder(audio))
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """``(B, D, F)`` to ``(B, 1, F * hop)``."""
+        """``(B, D, F)`` to ``(B, audio_channels, F * hop)``."""
         return self.decoder(latent)
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:

@@ -180,13 +180,15 @@ DISCRIMINATORS: dict[str, Callable[..., list[nn.Module]]] = {
 
 
 class Discriminator(nn.Module):
-    """Ensemble of discriminators: returns ``(scores, features)`` lists, one per member."""
+    """Ensemble of discriminators: returns ``(scores, features)`` lists, one per member. ``(B, C, T)`` audio of
+    several channels is judged channel by channel (as ``(B * C, 1, T)``)."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         self.members = nn.ModuleList(members)
 
     def forward(self, audio: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        audio = audio.reshape(-1, 1, audio.shape[-1])
         scores, features = [], []
         for member in self.members:
             score, feats = member(audio)

@@ -116,11 +116,13 @@ class Trainer:
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        channels = config.model.audio_channels
         self.train_set = train_set or load_folder(data_dir, config.model.sample_rate, "train",
-                                                  config.data.valid_percent, config.data.loudness_dbfs, progress)
+                                                  config.data.valid_percent, config.data.loudness_dbfs, progress,
+                                                  channels=channels)
         if held_out_set is None and config.data.valid_percent > 0:
             held_out_set = load_folder(data_dir, config.model.sample_rate, "held_out", config.data.valid_percent,
-                                       config.data.loudness_dbfs, progress=False)
+                                       config.data.loudness_dbfs, progress=False, channels=channels)
         self.held_out_set = held_out_set
         self.crop_batches = CropBatches(self.train_set, config.train.batch_size, config.segment_samples,
                                         config.train.seed, self.dist.rank, self.dist.world_size)
