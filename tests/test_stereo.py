@@ -141,3 +141,13 @@ def test_a_dac_style_stereo_codec_trains_with_the_discriminators(stereo_corpus, 
     assert all(torch.equal(a, b) for a, b in zip(scores, one_by_one))  # each channel judged as a clip
     result = Trainer(config, stereo_corpus, tmp_path / "dac", progress=False).run()
     assert result.step == 2 and np.isfinite(result.last_metrics["loss"])
+
+
+def test_a_stereo_sweep_measures_the_tkl_rate_over_seconds_not_channels(stereo_corpus, tmp_path):
+    from targetkl.eval.sweep import run_sweep
+
+    rows, _ = run_sweep(stereo_corpus, tmp_path / "s", [1.0], [], preset="oobleck-tiny", perceptual=False,
+                        progress=False, assignments=["model.audio_channels=2", "train.steps=2",
+                                                     "train.checkpoint_every=2", "rate.calibrate_clips=2"])
+    vae, tkl = (next(r for r in rows if r["system"] == name) for name in ("vae", "tkl"))
+    assert 0 < tkl["rate_kbps"] < 3 * vae["rate_kbps"]  # the .tkl payload of the KL rate, not 2x-per-channel off

@@ -218,7 +218,7 @@ class Sweep:
             payload_bits += 32 * header.payload_words
             file_bytes += len(data)
             decoded.append(audio)
-        seconds = sum(len(audio) for audio in decoded) / sample_rate
+        seconds = sum(audio.shape[-1] for audio in decoded) / sample_rate
         rate_kbps = payload_bits / seconds / 1000
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
                "rate_error_percent": _rate_error_percent(rate_kbps, point.target_kbps),
@@ -288,7 +288,7 @@ class Sweep:
         sample_rate = self.base.model.sample_rate
         audio = [clip.audio for clip in self.held_out]
         decoded, payload = run_classic(point.system, point.setting, audio, sample_rate)
-        measured = payload_kbps(payload, sum(len(a) for a in audio), sample_rate)
+        measured = payload_kbps(payload, sum(a.shape[-1] for a in audio), sample_rate)
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
                "rate_kbps": measured, "rate_error_percent": _rate_error_percent(measured, point.target_kbps),
                "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
