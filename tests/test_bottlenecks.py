@@ -126,3 +126,20 @@ def test_rvq_quantization_fades_in_after_the_free_steps():
     assert rvq.quantization_weight() == 1.0
     out = rvq(h)
     assert torch.allclose(rvq.decode_codes(out.codes), out.z, atol=1e-5)
+
+
+def test_the_final_trim_brings_the_kl_of_the_given_posteriors_to_the_target():
+    torch.manual_seed(0)
+    bottleneck = _gaussian().eval()
+    clips = [torch.cat([torch.randn(1, 4, n), torch.randn(1, 4, n) * 0.5 - 3], dim=1) for n in (7, 12)]  # std ~0.05
+    posteriors = [tuple(t[0] for t in bottleneck.posterior(h)) for h in clips]
+    before = sum(float(gaussian_kl(m[None], s[None]).sum()) for m, s in posteriors) / 19
+    trimmed = bottleneck.trim_rate(posteriors, target_nats=0.97 * before)
+    assert trimmed["rate/trim_before_kl"] == pytest.approx(before)
+    assert trimmed["rate/trim_shift"] == pytest.approx(float(bottleneck.scale_shift))
+    after = sum(float(bottleneck(h).kl_nats_per_frame.sum()) for h in clips) / 19  # the bottleneck's own KL now
+    assert after == pytest.approx(0.97 * before, rel=1e-5)
+    means = [bottleneck(h).z for h in clips]
+    assert all(torch.equal(z, m[None]) for z, (m, _) in zip(means, posteriors))  # the decoded mean is unchanged
+    assert bottleneck.trim_rate(posteriors, target_nats=100 * before) is None  # out of reach: nothing changes
+    assert float(bottleneck.scale_shift) == pytest.approx(trimmed["rate/trim_shift"])

@@ -109,3 +109,30 @@ def test_a_run_saved_before_the_architecture_setting_resumes(small_corpus, tmp_p
         del saved["model"][key]
     (run / "config.json").write_text(json.dumps(saved))
     assert main([*args, "--steps", "2"]) == 0
+
+
+def test_the_final_rate_trim_goes_into_the_diffusers_export(oobleck_run, small_corpus, tmp_path):
+    """diffusers has no shift on the posterior's raw scale: the export folds it into the encoder's last bias."""
+    import shutil
+
+    import diffusers
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "trimmed"
+    shutil.copytree(oobleck_run, run)
+    for weights in run.glob("checkpoints/*/model.safetensors"):
+        tensors = load_file(str(weights))
+        tensors["bottleneck.scale_shift"] = torch.tensor(0.3)
+        save_file(tensors, str(weights))
+    ours = targetkl.load(run)
+    assert float(ours.model.bottleneck.scale_shift) == pytest.approx(0.3)
+    out = tmp_path / "export"
+    assert main(["export", str(run), str(out), "--data", str(small_corpus), "--format", "diffusers"]) == 0
+    reference = diffusers.AutoencoderOobleck.from_pretrained(str(out)).eval()
+    audio = 0.1 * torch.randn(1, 1, 8 * ours.hop, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        posterior, encoded = reference.encode(audio).latent_dist, ours.model.encode(audio)
+        untrimmed = targetkl.load(oobleck_run).model.encode(audio)
+    assert torch.allclose(posterior.std, encoded.std, atol=1e-4)
+    assert torch.allclose(posterior.mean, encoded.mean, atol=1e-4)
+    assert not torch.allclose(encoded.std, untrimmed.std, atol=1e-3)

@@ -127,3 +127,31 @@ def test_a_training_step_reads_the_device_once_or_as_its_controller_needs(small_
         per_step.append(len(reads) - before)
     monkeypatch.undo()
     assert per_step == [reads_per_step] * 4, reads
+
+
+def test_the_final_trim_lands_the_trim_clips_on_the_target_and_is_saved(small_corpus, tmp_path):
+    import math
+
+    from targetkl import rate
+    from targetkl.inference import CodecRunner
+    from targetkl.runs import load_run
+
+    config = quick_config(train={"steps": 2, "checkpoint_every": 2}, rate={"trim_clips": 6})
+    trainer = Trainer(config, small_corpus, tmp_path / "run", progress=False)
+    trainer.run()
+    windows = trainer.trim_windows()
+    assert len(windows) == 6 and [w.shape for w in windows] == [w.shape for w in trainer.trim_windows()]
+
+    def whole_clip_kl():
+        encoded = CodecRunner(trainer.model).encode(windows)
+        return sum(float(e.kl_nats.sum()) for e in encoded) / sum(e.frames for e in encoded)
+
+    measured = whole_clip_kl()
+    goal = 0.98 * measured
+    config.rate.target_kbps = rate.bits_per_frame_to_kbps(goal / math.log(2), trainer.model.frame_rate)
+    trimmed = trainer.trim_rate()
+    assert trimmed["rate/trim_before_kl"] == pytest.approx(measured, rel=1e-5)
+    assert whole_clip_kl() == pytest.approx(goal, rel=1e-4)
+    assert float(trainer.model.bottleneck.scale_shift) == pytest.approx(trimmed["rate/trim_shift"]) != 0
+    trainer.save()
+    assert float(load_run(tmp_path / "run").model.bottleneck.scale_shift) == pytest.approx(trimmed["rate/trim_shift"])

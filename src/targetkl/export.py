@@ -121,6 +121,8 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
         tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
                    for part in ("encoder", "decoder")
                    for name, tensor in getattr(model, part).state_dict().items()}
+        # diffusers computes std = softplus(raw) + 1e-4: the final rate trim's shift goes into the raw scales' bias
+        tensors["encoder.conv2.bias"][model.latent_dim:] += float(model.bottleneck.scale_shift)
         save_file(tensors, str(out / "diffusion_pytorch_model.safetensors"))
         write_text_atomic(out / "config.json", json.dumps(diffusers_config(config), indent=2) + "\n")
     else:

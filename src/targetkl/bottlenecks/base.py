@@ -59,5 +59,12 @@ class Bottleneck(nn.Module):
         """The rate this bottleneck was asked for, to report next to the measured one (``None``: none)."""
         return None
 
+    def trim_rate(self, posteriors: list, target_nats: float) -> dict[str, float] | None:
+        """The final trim of a rate-controlled bottleneck (see ``GaussianBottleneck.trim_rate``); ``None``: none."""
+        return None
+
+    def clear_trim(self) -> None:
+        """Undo :meth:`trim_rate` (training goes on from the untrimmed state)."""
+
     def forward(self, h: torch.Tensor) -> BottleneckOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -330,6 +330,41 @@ class Trainer:
         kbps = rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate)
         return {"rate/calibration_kbps": kbps, "control/offset_nats": float(controller.offset)}
 
+    def trim_windows(self) -> list[np.ndarray]:
+        """The training audio of the final trim: ``rate.trim_clips`` clips drawn once from the seed, the first
+        ``rate.calibrate_seconds`` of each."""
+        rng = np.random.default_rng([self.config.train.seed, 0x781])
+        chosen = sorted(rng.permutation(len(self.train_set))[:self.config.rate.trim_clips])
+        longest = int(self.config.rate.calibrate_seconds * self.config.model.sample_rate)
+        return [self.train_set.read(int(i), 0, min(self.train_set.length(int(i)), longest)) for i in chosen]
+
+    @torch.no_grad()
+    def trim_rate(self) -> dict[str, float]:
+        """After the last step: bring the whole-clip rate of ``rate.trim_clips`` training clips (a fixed draw of
+        the seed, each at most ``rate.calibrate_seconds``) to the target with the bottleneck's final trim, measured
+        on the weights that are evaluated (the EMA when kept); returns the logged scalars, or nothing when the
+        bottleneck has no trim or the penalty never reached full weight."""
+        controller = self.model.bottleneck.rate_controller
+        rate_config, target = self.config.rate, self.config.target_nats_per_frame
+        if (controller is None or not controller.has_goal or target is None or rate_config.trim_clips <= 0
+                or controller.ramp() < 1.0):
+            return {}
+        started = time.perf_counter()
+        windows = self.trim_windows()
+        evaluated = self.ema if self.ema is not None else self.model
+        encoded = CodecRunner(evaluated, self.device, rate_config.calibrate_batch).encode(windows)
+        self.model.train()
+        trimmed = evaluated.bottleneck.trim_rate([(e.z, e.std) for e in encoded], target)
+        if self.ema is not None:
+            for kept, buffer in zip(self.model.buffers(), self.ema.buffers()):
+                kept.copy_(buffer)
+        self.calibration_seconds += time.perf_counter() - started
+        if trimmed is None:
+            log.warning("the final rate trim found no shift that reaches the target on %d training clips; the rate "
+                        "is left as trained", len(windows))
+            return {}
+        return trimmed
+
     def _adversarial_terms(self, audio: torch.Tensor, decoded: torch.Tensor, terms: dict) -> torch.Tensor:
         """Update the discriminator on this micro-batch; return the generator's adversarial terms."""
         loss_config = self.config.loss
@@ -389,6 +424,10 @@ class Trainer:
             log.info("resuming %s from step %d", self.run_dir, self.step)
             logger.truncate_after(self.step)
         train = self.config.train
+        if self.step < train.steps:  # a finished run trained further is trimmed again at its new end, not twice
+            for model in (self.model, self.ema):
+                if model is not None:
+                    model.bottleneck.clear_trim()
         previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         for signum in previous:
             signal.signal(signum, self._on_signal)
@@ -417,6 +456,8 @@ class Trainer:
                 self.bad_steps = 0
                 self.step += 1
                 scalars.update(self.calibrate_rate())
+                if self.step == train.steps:
+                    scalars.update(self.trim_rate())
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
                     scalars = last = host_floats(scalars, over_ranks=self.dist.active)
