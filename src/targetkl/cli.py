@@ -9,7 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from targetkl import __version__
+from targetkl import __version__, rate
 
 log = logging.getLogger("targetkl")
 
@@ -107,7 +107,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted at step {result.step}; checkpoint saved in {args.out}. Run the same command to resume.")
         return 130
     print(f"trained {args.out} to step {result.step}")
-    if result.last_metrics.get("rate/kbps") is not None:
+    held_out = result.held_out
+    if held_out.get("rate_kbps") is not None:
+        target = held_out.get("target_kbps")
+        against = f" (target {target:g} kbps, {rate.rate_error_percent(held_out['rate_kbps'], target):+.2f}%)" \
+            if target else ""
+        mark = " OFF TARGET" if rate.off_target(held_out["rate_kbps"], target) else ""
+        print(f"held-out rate {held_out['rate_kbps']:.4f} kbps{against}{mark}, {held_out['clips']} clips; "
+              f"`targetkl eval {args.out} --data {args.data}` for every metric")
+    elif result.last_metrics.get("rate/kbps") is not None:
         print(f"last batch rate {result.last_metrics['rate/kbps']:.4f} kbps "
               f"(target {config.rate.target_kbps}); run `targetkl eval {args.out} --data {args.data}` "
               "for the held-out rate")
@@ -121,7 +129,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size)
     print(format_result(result))
     if args.json:
-        Path(args.json).write_text(to_json(result) + "\n")
+        from targetkl.fileio import output_path, write_text_atomic
+
+        write_text_atomic(output_path(args.json), to_json(result) + "\n")
     return 0
 
 
@@ -235,8 +245,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{'system':<8} {'point':<10} {'target':>8} {'measured':>9} {'mel':>7} {'si_sdr':>8}")
     for row in rate_rows(rows):
         target = f"{row['target_kbps']:.3f}" if row.get("target_kbps") else "-"
+        mark = f"  off target ({row['rate_error_percent']:+.1f}%)" if row.get("off_target") else ""
         print(f"{row['system']:<8} {row['label']:<10} {target:>8} {row['rate_kbps']:>9.3f} "
-              f"{row['mel_distance']:>7.3f} {row['si_sdr']:>8.2f}")
+              f"{row['mel_distance']:>7.3f} {row['si_sdr']:>8.2f}{mark}")
     print(f"trained {len(sweep.trained)} run(s) now, reused the rest; wrote rd.csv, rd.json, rd.png and "
           f"report.html in {args.out}")
     return 0

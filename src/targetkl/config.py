@@ -218,6 +218,28 @@ class Config:
             return None
         return rate.kbps_to_nats_per_frame(self.rate.target_kbps, self.model.frame_rate)
 
+    def rate_schedule(self) -> tuple[int, int]:
+        """``(free_steps, warmup_steps)`` in training forwards as training uses them: ``rate.free_steps`` and
+        ``rate.warmup_steps``, or, where the two would take more than ``RATE_SCHEDULE_SHARE`` of the run's
+        ``train.steps * train.grad_accum`` forwards, both scaled down by one factor, so that the rest of a short
+        run (a smoke test, a sweep with ``train.steps=200``) trains at full penalty and its rate is controlled.
+        A pure function of the config: the same run resumes with the same schedule."""
+        free, warmup = self.rate.free_steps, self.rate.warmup_steps
+        room = int(self.train.steps * self.train.grad_accum * RATE_SCHEDULE_SHARE)
+        if free + warmup <= room:
+            return free, warmup
+        fitted_free = free * room // (free + warmup)
+        return fitted_free, room - fitted_free
+
+    def with_fitted_rate_schedule(self) -> Config:
+        """This config with ``rate.free_steps``/``rate.warmup_steps`` replaced by :meth:`rate_schedule`'s."""
+        free, warmup = self.rate_schedule()
+        if (free, warmup) == (self.rate.free_steps, self.rate.warmup_steps):
+            return self
+        return dataclasses.replace(self, rate=dataclasses.replace(self.rate, free_steps=free, warmup_steps=warmup))
+
+
+RATE_SCHEDULE_SHARE = 0.5  # the free start and the warmup take at most this share of a run
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"train": {"min_lr_ratio": 0.0}},

@@ -10,6 +10,7 @@ import torch
 
 from targetkl.config import Config, resolve
 from targetkl.data.corpus import write_corpus
+from targetkl.fileio import write_text_atomic
 from targetkl.eval.evaluate import evaluate_model, evaluate_run, format_result
 from targetkl.models.codec import build_codec
 from targetkl.train.trainer import Trainer
@@ -32,7 +33,7 @@ def train_and_compare(config: Config, data: Path, run: Path, perceptual: bool = 
     trained = evaluate_run(run, data, perceptual=perceptual, progress=progress)
     torch.manual_seed(config.train.seed)
     untrained = evaluate_model(build_codec(config).eval(), config, data, perceptual=False, progress=False)
-    row = {"run": str(run), "target_kbps": trained["target_kbps"], "rate_kbps": trained["rate_kbps"],
+    row = {"run": str(Path(run).resolve()), "target_kbps": trained["target_kbps"], "rate_kbps": trained["rate_kbps"],
            "rate_error_percent": trained["rate_error_percent"], "mel_distance": trained["mel_distance"],
            "mel_distance_untrained": untrained["mel_distance"], "si_sdr": trained["si_sdr"],
            "train_seconds": seconds}
@@ -51,6 +52,6 @@ def run_demo(out: Path, kbps: list[float], steps: int | None = None, clips: int 
         print(f"\n== {row['run']}\n{format_result(trained)}\nmel distance of the same model before training: "
               f"{row['mel_distance_untrained']:.4f}")
         rows.append(row)
-    summary = {"corpus": str(data), "runs": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = {"corpus": str(Path(data).resolve()), "runs": rows}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

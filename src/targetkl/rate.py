@@ -66,3 +66,27 @@ def payload_kbps(payload_bytes: int, duration_seconds: float) -> float:
     if duration_seconds <= 0:
         raise ValueError("duration must be positive to measure a bitrate")
     return 8.0 * payload_bytes / duration_seconds / 1000.0
+
+
+OFF_TARGET_PERCENT = 5.0  # a measured rate further than this from its target is reported as off target
+
+
+def rate_error_percent(rate_kbps: float | None, target_kbps: float | None) -> float | None:
+    """``100 * (measured - target) / target``, or ``None`` when either is missing (or the target is 0)."""
+    if not target_kbps or rate_kbps is None or (isinstance(rate_kbps, float) and math.isnan(rate_kbps)):
+        return None
+    return 100.0 * (rate_kbps - target_kbps) / target_kbps
+
+
+def off_target(rate_kbps: float | None, target_kbps: float | None) -> bool:
+    """Whether a measured rate misses its target by more than ``OFF_TARGET_PERCENT``; ``False`` without a
+    target (a fixed beta, an autoencoder)."""
+    error = rate_error_percent(rate_kbps, target_kbps)
+    return error is not None and abs(error) > OFF_TARGET_PERCENT
+
+
+def off_target_text(rate_kbps: float, target_kbps: float) -> str:
+    """One line for a warning: how far the measured rate is from its target, and what usually fixes it."""
+    return (f"off target: the measured rate {rate_kbps:.4g} kbps is {rate_error_percent(rate_kbps, target_kbps):+.1f}% "
+            f"from the {target_kbps:g} kbps target (more than {OFF_TARGET_PERCENT:g}%); train longer (--steps) "
+            "or check the run's rate settings")

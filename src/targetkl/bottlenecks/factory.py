@@ -49,7 +49,9 @@ def bottleneck_kind(name: str) -> BottleneckKind:
 
 
 def build_bottleneck(config: Config) -> Bottleneck:
-    return bottleneck_kind(config.model.bottleneck).build(config)
+    """The bottleneck of ``config``, its free start and warmup fitted to the run's length
+    (:meth:`Config.rate_schedule`)."""
+    return bottleneck_kind(config.model.bottleneck).build(config.with_fitted_rate_schedule())
 
 
 def _controller_class(config: Config):

@@ -228,13 +228,17 @@ def _candidates(source: str, kind: str) -> tuple[list[dict], list[str]]:
             row["file"] = str(file if file.is_absolute() else manifest.parent / file)
         return rows, problems
     rows, problems = [], []
-    for shard in expand_shards(source):
-        rows += _shard_members(shard, problems)
+    shards = expand_shards(source)
+    root = os.path.commonpath([os.path.dirname(shard) for shard in shards])
+    for shard in shards:
+        rows += _shard_members(shard, os.path.relpath(shard, root), problems)
     return rows, problems
 
 
-def _shard_members(shard: str, problems: list[str]) -> list[dict]:
-    """Audio members of one tar with their byte ranges and the captions of their siblings."""
+def _shard_members(shard: str, name: str, problems: list[str]) -> list[dict]:
+    """Audio members of one tar with their byte ranges and the captions of their siblings; each is called
+    ``name#member``, ``name`` the shard's path below the shards' common folder (so a member's split does not
+    depend on where the shards lie or how the pattern was spelled)."""
     try:
         with tarfile.open(shard, "r:") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
@@ -262,7 +266,7 @@ def _shard_members(shard: str, problems: list[str]) -> list[dict]:
                     problems.append(f"{shard}#{stem}.json: bad JSON")
             else:
                 caption = text.strip() or None
-        rows.append({"path": f"{shard}#{member.name}", "file": shard, "caption": caption, "label": label,
+        rows.append({"path": f"{name}#{member.name}", "file": shard, "caption": caption, "label": label,
                      "offset": member.offset_data, "member_size": member.size})
     return rows
 
@@ -361,8 +365,14 @@ def cache_dir() -> Path:
 
 
 def canonical_source(source: str | Path) -> str:
+    """``source`` as an absolute path (a folder or manifest with its links resolved; a shard pattern made
+    absolute, its braces kept): what the source means from any working folder."""
     text = str(source)
-    return text if "{" in text else str(Path(text).expanduser().resolve())
+    if "://" in text or text.startswith("pipe:"):
+        return text
+    if "{" in text:
+        return os.path.abspath(os.path.expanduser(text))
+    return str(Path(text).expanduser().resolve())
 
 
 def index_file(source: str | Path) -> Path:
@@ -387,8 +397,8 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
     """The index of ``source``, probing only what is new or changed since the cached one; writes the cache."""
     source = str(source)
     kind = source_kind(source)
-    canonical = canonical_source(source)
-    candidates, problems = _candidates(source, kind)
+    canonical = canonical_source(source)  # every file below is found from here: absolute, whatever the cwd
+    candidates, problems = _candidates(canonical, kind)
     for problem in problems:
         log.warning(problem)
     cache = index_file(source)
@@ -405,7 +415,7 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
         old = cached.get(candidate["path"])
         if old is not None and (old.get("size"), old.get("mtime_ns")) == stamp and \
                 old.get("offset") == candidate.get("offset"):
-            rows[candidate["path"]] = {**old, **{k: candidate.get(k) for k in ("caption", "label")}}
+            rows[candidate["path"]] = {**old, **{k: candidate.get(k) for k in ("file", "caption", "label")}}
         else:
             to_probe.append((candidate, stamp))
     if to_probe:

@@ -17,7 +17,7 @@ from targetkl.fileio import write_bytes_atomic, write_text_atomic
 from targetkl.train.logger import read_metrics
 
 SETTLE_TOLERANCE = 0.02
-COLUMNS = ("controller", "target_kbps", "rate_kbps", "rate_error_percent", "settled_step", "mel_distance",
+COLUMNS = ("controller", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "settled_step", "mel_distance",
            "stft_distance", "si_sdr", "run")
 
 
@@ -82,7 +82,7 @@ def compare_controllers(data: str | Path, out: str | Path, kbps: list[float], co
         run = Path(result["run"])
         series[str(run)] = rate_series(run)
         rows.append({"controller": point.system, "target_kbps": point.target_kbps, "rate_kbps": result["rate_kbps"],
-                     "rate_error_percent": result["rate_error_percent"],
+                     "rate_error_percent": result["rate_error_percent"], "off_target": result["off_target"],
                      "settled_step": settled_step(series[str(run)], point.target_kbps),
                      "mel_distance": result["mel_distance"], "stft_distance": result["stft_distance"],
                      "si_sdr": result["si_sdr"], "run": str(run)})

@@ -6,8 +6,10 @@ import json
 import math
 from pathlib import Path
 
+from targetkl import rate
 from targetkl.config import Config
 from targetkl.data import load_folder
+from targetkl.data.index import canonical_source
 from targetkl.eval.asr import recognizer_for
 from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
 from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
@@ -26,12 +28,13 @@ def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptua
     target = model.bottleneck.target_kbps(config.rate.target_kbps, result["rate_kbps"])
     result.update({
         "target_kbps": target,
-        "rate_error_percent": (100 * (result["rate_kbps"] - target) / target) if target else None,
+        "rate_error_percent": rate.rate_error_percent(result["rate_kbps"], target),
+        "off_target": rate.off_target(result["rate_kbps"], target),
         "bottleneck": config.model.bottleneck,
         "controller": config.rate.controller if model.bottleneck.rate_controller is not None else None,
         "sample_rate": config.model.sample_rate,
         "latent_dim": config.model.latent_dim,
-        "data": str(data_dir),
+        "data": canonical_source(data_dir),
     })
     return result
 
@@ -40,7 +43,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, perceptual: bool = T
                  device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     loaded = load_run(run_dir, choose_device(device))
     result = evaluate_model(loaded.model, loaded.config, data_dir, perceptual, progress, batch_size)
-    result.update({"run": str(run_dir), "step": loaded.step})
+    result.update({"run": str(Path(run_dir).resolve()), "step": loaded.step})
     return result
 
 
@@ -58,6 +61,8 @@ def format_result(result: dict) -> str:
                  f"{result['frame_rate']:g} Hz frames)")
     if result.get("rate_error_percent") is not None:
         lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
+    if result.get("off_target"):
+        lines.append(f"warning: {rate.off_target_text(result['rate_kbps'], result['target_kbps'])}")
     unscored = result.get("unscored") or {}
     for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer", "wer_original",
                 "cer_original", "latent_use"):

@@ -16,12 +16,14 @@ import os
 from pathlib import Path
 
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
+from targetkl.rate import OFF_TARGET_PERCENT
 
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer")
 SPEECH_REFERENCE = ("wer_original", "cer_original")  # the recognizer's error on the originals (speech sources)
 ROW_METRICS = METRICS + SPEECH_REFERENCE
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
-COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", "latent_values_per_second",
+COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "file_kbps",
+           "latent_values_per_second",
            *ROW_METRICS, "latent_use", "run")
 TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
 SYSTEM_NAMES = {"vae": "target-KL VAE", "vae-oobleck": "target-KL VAE, Oobleck", "vae-dac": "target-KL VAE, DAC",
@@ -80,6 +82,10 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
                 style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
                 axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system),
                           linewidth=2 if system == TARGET_KL_SYSTEM else 1)
+        missed = [(r["rate_kbps"], r[metric]) for r in rated if r.get("off_target") and _has_value(r.get(metric))]
+        if missed:
+            axis.plot(*zip(*missed), "x", color="red", markersize=12, markeredgewidth=2,
+                      label=f"off target (> {OFF_TARGET_PERCENT:g}% from its target rate)")
         originals = [r[f"{metric}_original"] for r in rated if _has_value(r.get(f"{metric}_original"))]
         if originals:
             axis.axhline(float(sum(originals) / len(originals)), linestyle=":", color="gray",
@@ -98,6 +104,8 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
 
 
 def _format(value, digits: int = 3) -> str:
+    if isinstance(value, bool):
+        return "<b>yes</b>" if value else "no"
     if not _has_value(value):
         return "&ndash;"
     if isinstance(value, float):
@@ -143,12 +151,14 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
 
 def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None) -> str:
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
-    rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "file_kbps", *METRICS)
+    rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "file_kbps",
+                    *METRICS)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Every number is measured on the same held-out clips. Learned codecs: rate = KL (VAE) or "
              "n&nbsp;&times;&nbsp;log2(K) bits per frame (RVQ); .tkl files and classic codecs: payload bytes "
-             "(file_kbps adds the .tkl header).</p>",
+             f"(file_kbps adds the .tkl header). off_target: the measured rate is more than {OFF_TARGET_PERCENT:g}% "
+             "from the rate asked for (a red &times; in the plot).</p>",
              "<h2>Rate&ndash;distortion</h2><img id='rd' src='rd.png' alt='rate-distortion plot'>",
              "<h2>Systems with a bitrate</h2>", _table(rated, rate_columns)]
     if autoencoders:

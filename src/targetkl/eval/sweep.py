@@ -14,6 +14,7 @@ Layout of a sweep folder::
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from targetkl import rate
 from targetkl.errors import UserError
 from targetkl.bitstream import compress, decompress
 from targetkl.config import Config, resolve
@@ -36,6 +38,8 @@ from targetkl.runs import load_run
 from targetkl.fileio import read_json_or_none, write_text_atomic
 from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
+
+log = logging.getLogger("targetkl.sweep")
 
 DEFAULT_BETAS = (1e-4, 1e-3, 1e-2, 1e-1)
 DEFAULT_AE_WIDTHS = (2, 4, 8)
@@ -171,7 +175,7 @@ class Sweep:
     def __init__(self, data: str | Path, out: str | Path, preset: str = "tiny", config_files: list[str] | None = None,
                  assignments: list[str] | None = None, perceptual: bool = True, example_clips: int = 3,
                  progress: bool = True, device: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
-        self.data, self.out = Path(data), Path(out)
+        self.data, self.out = Path(data), Path(out).resolve()  # rd.json names the same files from any working folder
         self.preset, self.files, self.assignments = preset, list(config_files or []), list(assignments or [])
         self.perceptual, self.progress = perceptual, progress
         self.device_name, self.device, self.batch_size = device, choose_device(device), batch_size
@@ -198,7 +202,7 @@ class Sweep:
         row = self._trained(point)
         if not point.bitstream:
             return [row]
-        return [row, self._tkl(point, Path(row["run"]))]
+        return [row, self._tkl(point, self.out / "runs" / point.name)]
 
     def _tkl(self, point: SweepPoint, run: Path) -> dict:
         """Compress every held-out clip into a ``.tkl`` bitstream and measure the decompressed audio."""
@@ -207,7 +211,7 @@ class Sweep:
         cached = read_json_or_none(cache)
         if (cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
-            return cached
+            return self._placed(cached, f"tkl-{point.label}", run)
         loaded = load_run(run, self.device)
         sample_rate = loaded.config.model.sample_rate
         runner = CodecRunner(loaded.model, batch_size=self.batch_size)
@@ -221,12 +225,22 @@ class Sweep:
         seconds = sum(audio.shape[-1] for audio in decoded) / sample_rate
         rate_kbps = payload_bits / seconds / 1000
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
-               "rate_error_percent": _rate_error_percent(rate_kbps, point.target_kbps),
                "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(f"tkl-{point.label}", decoded, sample_rate),
                **self._distortion(decoded, sample_rate)}
-        return _save_row(cache, row)
+        return _save_row(cache, self._placed(row, f"tkl-{point.label}", run))
+
+    def _placed(self, row: dict, audio_name: str, run: Path | None = None) -> dict:
+        """``row`` with its paths in this sweep folder as it is now (absolute: ``rd.json`` names the same files from
+        any working folder, also for a cached row written before the folder moved), its rate error and whether
+        that is off target (``rate.off_target``)."""
+        row["audio"] = [str(self.out / "audio" / audio_name / Path(p).name) for p in row.get("audio") or []]
+        if run is not None:
+            row["run"] = str(run)
+        row["rate_error_percent"] = rate.rate_error_percent(row.get("rate_kbps"), row.get("target_kbps"))
+        row["off_target"] = rate.off_target(row.get("rate_kbps"), row.get("target_kbps"))
+        return row
 
     def _distortion(self, decoded: list[np.ndarray], sample_rate: int) -> dict[str, float]:
         """Each metric in ``METRICS`` over the held-out clips against their decoded versions, aggregated as
@@ -252,7 +266,7 @@ class Sweep:
         if (cached is not None and cached.get("step") == config.train.steps
                 and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
-            return cached
+            return self._placed(cached, point.name, run)
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run().finished()
             self.trained.append(point.name)
@@ -262,7 +276,7 @@ class Sweep:
         decoded = CodecRunner(loaded.model, batch_size=self.batch_size).reconstruct(
             [clip.audio for clip in self.example_clips])[0]
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
-               "rate_kbps": result["rate_kbps"], "run": str(run), "step": loaded.step,
+               "rate_kbps": result["rate_kbps"], "step": loaded.step,
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, config.model.sample_rate),
                "latent_use": result["latent_use"], **{k: result[k] for k in ROW_METRICS if k in result}}
@@ -270,8 +284,7 @@ class Sweep:
             row["rate_kbps"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         row.update(point.row)
-        row["rate_error_percent"] = _rate_error_percent(row["rate_kbps"], point.target_kbps)
-        return _save_row(cache, row)
+        return _save_row(cache, self._placed(row, point.name, run))
 
     @staticmethod
     def _finished_step(run: Path) -> int | None:
@@ -284,32 +297,28 @@ class Sweep:
         if (cached is not None and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)
                 and cached.get("clips") == len(self.held_out)):
-            return cached
+            return self._placed(cached, point.name)
         sample_rate = self.base.model.sample_rate
         audio = [clip.audio for clip in self.held_out]
         decoded, payload = run_classic(point.system, point.setting, audio, sample_rate)
         measured = payload_kbps(payload, sum(a.shape[-1] for a in audio), sample_rate)
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
-               "rate_kbps": measured, "rate_error_percent": _rate_error_percent(measured, point.target_kbps),
+               "rate_kbps": measured,
                "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
                "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, sample_rate),
                **self._distortion(decoded, sample_rate)}
-        return _save_row(cache, row)
+        return _save_row(cache, self._placed(row, point.name))
 
     def run(self, points: list[SweepPoint]) -> list[dict]:
         rows = []
         for point in tqdm(points, desc="sweep", disable=not self.progress, dynamic_ncols=True):
-            rows.extend(self.run_point(point))
+            for row in self.run_point(point):
+                if row["off_target"]:
+                    log.warning("%s %s: %s", row["system"], row["label"],
+                                rate.off_target_text(row["rate_kbps"], row["target_kbps"]))
+                rows.append(row)
         return rows
-
-
-
-def _rate_error_percent(rate_kbps: float | None, target_kbps: float | None) -> float | None:
-    """``100 * (measured - target) / target``, or ``None`` when either is missing."""
-    if not target_kbps or rate_kbps is None:
-        return None
-    return 100 * (rate_kbps - target_kbps) / target_kbps
 
 
 def _save_row(cache: Path, row: dict) -> dict:

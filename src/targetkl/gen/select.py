@@ -60,6 +60,10 @@ def vae_rows(sweep: Path) -> list[dict]:
     vaes = sorted((r for r in rows if r.get("system") == TARGET_KL_SYSTEM), key=lambda r: r["rate_kbps"])
     if not vaes:
         raise SweepError(f"{sweep}/rd.json has no target-KL VAE rows; run a sweep with --kbps first")
+    for row in vaes:  # a relative path (an older rd.json: relative to where the sweep ran) -> the sweep's own run
+        kept = sweep / "runs" / f"{row['system']}-{row['label']}"
+        if not Path(row["run"]).is_absolute() and kept.is_dir():
+            row["run"] = str(kept.resolve())
     return vaes
 
 
@@ -209,7 +213,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
                batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Train (or reuse) a generator per VAE of the sweep, score them, write the outputs; returns
     ``generation.json``'s content."""
-    sweep = Path(sweep)
+    sweep = Path(sweep).resolve()  # generation.json names the same files from any working folder
     config = config or GenConfig()
     device = choose_device(device)
     make_embedder = audio_embedder_factory(embedding)

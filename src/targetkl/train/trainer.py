@@ -18,7 +18,7 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ class TrainResult:
     step: int
     interrupted: bool
     last_metrics: dict[str, float]
+    held_out: dict[str, float] = field(default_factory=dict)  # measured at the last step: rate_kbps, target_kbps...
 
     def finished(self) -> "TrainResult":
         """This result, or :class:`TrainingInterrupted` if a stop signal ended the run early."""
@@ -155,6 +156,11 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self._stop_signal: int | None = None
+        fitted = config.rate_schedule()
+        if fitted != (config.rate.free_steps, config.rate.warmup_steps) and self.dist.is_main:
+            log.info("a %d-step run: the free start and warmup (rate.free_steps=%d, rate.warmup_steps=%d) are "
+                     "fitted to %d and %d training forwards, so the run's second half trains at full rate penalty",
+                     train.steps, config.rate.free_steps, config.rate.warmup_steps, *fitted)
 
     # ----------------------------------------------------------------- state
     def _tensors(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -402,6 +408,9 @@ class Trainer:
         model = self.ema if self.ema is not None else self.model
         result = measure_rate_and_distortion(model, self.held_out_set.clips, self.device,
                                              batch_size=self.config.train.batch_size)
+        target = model.bottleneck.target_kbps(self.config.rate.target_kbps, result["rate_kbps"])
+        if target is not None:
+            result["target_kbps"] = target
         return {key: value for key, value in result.items() if isinstance(value, (int, float))}
 
     def run(self) -> TrainResult:
@@ -432,6 +441,7 @@ class Trainer:
         for signum in previous:
             signal.signal(signum, self._on_signal)
         last: dict[str, float] = {}
+        held_out: dict[str, float] = {}
         bar = tqdm(total=train.steps, initial=self.step, desc=f"training {self.run_dir.name}",
                    disable=not self.progress, dynamic_ncols=True)
         started = time.time()
@@ -470,6 +480,10 @@ class Trainer:
                     self.save()
                     held_out = self.held_out_metrics()
                     logger.log(self.step, held_out, split="held_out")
+                    if self.step == train.steps and rate.off_target(held_out.get("rate_kbps"),
+                                                                   held_out.get("target_kbps")):
+                        log.warning("%s: %s", self.run_dir, rate.off_target_text(held_out["rate_kbps"],
+                                                                                  held_out["target_kbps"]))
                 if self._stop_requested():
                     self.save()
                     name = (signal.Signals(self._stop_signal).name if self._stop_signal
@@ -486,4 +500,4 @@ class Trainer:
             logger.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        return TrainResult(self.run_dir, self.step, False, last)
+        return TrainResult(self.run_dir, self.step, False, last, held_out)
