@@ -43,7 +43,7 @@ def test_latent_use_sees_a_decoder_that_ignores_its_latent():
 
     a, b, c = (synthesize_clip(0, index, 0.25, 16000)[0] for index in (0, 1, 2))
     assert latent_use([a, b], [a, b], 16000) == pytest.approx(1.0)  # decodes differ as much as the inputs
-    assert latent_use([a, b], [c, c], 16000) == 0.0
+    assert latent_use([a, b], [c, c], 16000) == pytest.approx(0.0, abs=1e-6)
     assert np.isnan(latent_use([a], [a], 16000))
 
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_latent_use_sees_a_decoder_that_ignores_its_latent():
     with torch.no_grad():
         model.decoder.layers[0].weight_g.zero_()  # the first decoder layer no longer reads the latent
     ignoring = measure_rate_and_distortion(model, clips)
-    assert ignoring["latent_use"] == 0.0 and ignoring["rate_kbps"] > 0  # the rate alone cannot tell
+    assert ignoring["latent_use"] == pytest.approx(0.0, abs=1e-4) and ignoring["rate_kbps"] > 0  # the rate alone cannot tell
     assert "the decoder ignores its latent" in format_result(ignoring)
     # Trained tiny models score 0.5-0.8 (the acceptance sweep checks its VAEs); no warning then.
     assert "ignores" not in format_result({**ignoring, "latent_use": 0.7})
