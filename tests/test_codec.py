@@ -52,7 +52,8 @@ def test_latent_use_sees_a_decoder_that_ignores_its_latent():
     with torch.no_grad():
         model.decoder.layers[0].weight_g.zero_()  # the first decoder layer no longer reads the latent
     ignoring = measure_rate_and_distortion(model, clips)
-    assert ignoring["latent_use"] == pytest.approx(0.0, abs=1e-4) and ignoring["rate_kbps"] > 0  # the rate alone cannot tell
+    # 0 up to float rounding (CPUs differ by ~1e-7); the rate alone cannot tell
+    assert ignoring["latent_use"] == pytest.approx(0.0, abs=1e-4) and ignoring["rate_kbps"] > 0
     assert "the decoder ignores its latent" in format_result(ignoring)
     # Trained tiny models score 0.5-0.8 (the acceptance sweep checks its VAEs); no warning then.
     assert "ignores" not in format_result({**ignoring, "latent_use": 0.7})
