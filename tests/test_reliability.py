@@ -267,12 +267,24 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_same_command_resume
     real_save = checkpoint.torch.save
     calls = {"n": 0}
 
-    def fills_the_disk(obj, path, *args, **kwargs):
+    class FullDisk:
+        """A file that takes a few bytes, then fails as a full disk does (what torch.save meets on a full
+        tmpfs: it lets the OSError through when it writes to a file object)."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, data):
+            if self.handle.tell() > 100:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    def fills_the_disk(obj, handle, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
-            Path(path).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, path, *args, **kwargs)
+        return real_save(obj, FullDisk(handle) if calls["n"] == 2 else handle, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk)
     with pytest.raises(CheckpointError, match="no space left on the device while writing step-00000004"):

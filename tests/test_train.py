@@ -139,7 +139,7 @@ def test_the_final_trim_lands_the_trim_clips_on_the_target_and_is_saved(small_co
     config = quick_config(train={"steps": 2, "checkpoint_every": 2}, rate={"trim_clips": 6})
     trainer = Trainer(config, small_corpus, tmp_path / "run", progress=False)
     trainer.run()
-    windows = trainer.trim_windows()
+    windows = list(trainer.trim_windows())
     assert len(windows) == 6 and [w.shape for w in windows] == [w.shape for w in trainer.trim_windows()]
 
     def whole_clip_kl():

@@ -68,6 +68,10 @@ class Autoencoder:
         if array.ndim != 3:
             raise ValueError(f"audio of shape {array.shape}: pass (samples,), (channels, samples) or "
                              "(batch, channels, samples)")
+        if array.shape[-1] == 0 or array.shape[0] == 0:
+            raise ValueError(f"audio of shape {array.shape} holds no samples; pass at least one")
+        if not np.isfinite(array).all():
+            raise ValueError("audio holds NaN or Inf samples; clean it first")
         fitted = np.stack([fit_channels(clip.T, self.audio_channels).reshape(array.shape[-1], -1) for clip in array])
         if sample_rate != self.sample_rate:
             fitted = np.stack([soxr.resample(clip, sample_rate, self.sample_rate) for clip in fitted])
@@ -96,30 +100,22 @@ class Autoencoder:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(batch, latent_dim, frames)`` -> audio ``(batch, audio_channels, frames * hop)`` at
-        ``sample_rate``."""
+        ``sample_rate``. ``ValueError`` for latents of another shape or holding NaN/Inf."""
+        latents = torch.as_tensor(latents)
+        if latents.ndim != 3 or latents.shape[1] != self.latent_dim or latents.shape[-1] == 0:
+            raise ValueError(f"latents of shape {tuple(latents.shape)}: pass (batch, {self.latent_dim}, frames)")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents hold NaN or Inf; decode finite latents")
         return self.model.decode(latents.to(self.device, torch.float32))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
-    """Open a run folder (its newest checkpoint; EMA weights when kept) or a ``targetkl export`` folder."""
+    """Open a run folder (its newest checkpoint; EMA weights when kept) or a ``targetkl export`` folder.
+    ``LoadError`` (one line naming the file) for anything else, damaged or foreign."""
     path = Path(path)
     info_file = path / "targetkl.json"
     if info_file.is_file():
-        info = json.loads(info_file.read_text())
-        config = from_dict(info["config"], where=str(info_file))
-        model = build_codec(config)
-        if info["format"] == "diffusers":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path / "diffusion_pytorch_model.safetensors"))
-            for part in ("encoder", "decoder"):
-                getattr(model, part).load_state_dict(
-                    {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})
-        else:
-            from targetkl.train.checkpoint import load_module
-
-            load_module(model, path / "model.safetensors")
-        return Autoencoder(model, config, info.get("rate_kbps"), info.get("latent_stats"), device)
+        return _load_export(path, info_file, device)
     if (path / "config.json").is_file():
         from targetkl.runs import load_run
 
@@ -128,3 +124,49 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
 
         return Autoencoder(loaded.model, loaded.config, measured_rate(path, loaded.step), None, device)
     raise LoadError(f"{path}: neither a run folder (config.json and checkpoints/) nor an export (targetkl.json)")
+
+
+def _load_export(path: Path, info_file: Path, device: str | torch.device) -> Autoencoder:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from targetkl.export import FORMATS
+
+    try:
+        info = json.loads(info_file.read_text())
+    except (OSError, ValueError) as error:
+        raise LoadError(f"{info_file}: not readable JSON ({error}); export the run again") from None
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict) or info.get("format") not in FORMATS:
+        raise LoadError(f"{info_file}: not a targetkl export (it needs a 'config' object and a 'format' of "
+                        f"{' or '.join(FORMATS)}); export the run again with `targetkl export`")
+    config = from_dict(info["config"], where=str(info_file))
+    model = build_codec(config)
+    weights = path / ("diffusion_pytorch_model.safetensors" if info["format"] == "diffusers" else "model.safetensors")
+    try:
+        tensors = load_file(str(weights))
+        if info["format"] == "diffusers":
+            for part in ("encoder", "decoder"):
+                getattr(model, part).load_state_dict(
+                    {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})
+        else:
+            model.load_state_dict(tensors)
+    except (OSError, SafetensorError, RuntimeError, ValueError) as error:
+        raise LoadError(f"{weights}: does not hold this export's weights ({str(error).splitlines()[0][:160]}); "
+                        "export the run again") from None
+    stats = info.get("latent_stats")
+    if stats is not None:
+        _check_stats(stats, model.latent_dim, info_file)
+    return Autoencoder(model, config, info.get("rate_kbps"), stats, device)
+
+
+def _check_stats(stats, latent_dim: int, info_file: Path) -> None:
+    """``latent_stats`` must hold ``latent_dim`` finite means and positive finite stds."""
+    try:
+        mean = np.asarray(stats["mean"], dtype=np.float64)
+        std = np.asarray(stats["std"], dtype=np.float64)
+    except (TypeError, KeyError, ValueError):
+        mean = std = np.empty(0)
+    if mean.shape != (latent_dim,) or std.shape != (latent_dim,) or not np.isfinite(mean).all() \
+            or not np.isfinite(std).all() or (std <= 0).any():
+        raise LoadError(f"{info_file}: latent_stats needs {latent_dim} finite means and {latent_dim} positive finite "
+                        "stds; export the run again")

@@ -77,12 +77,15 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from targetkl.data.index import ensure_index
+    from targetkl.data.index import DataError, ensure_index
 
     index = ensure_index(args.data, workers=args.workers, progress=not args.quiet)
     print(f"indexed {index.summary()}; cache {index.cache_file}")
     for path, reason in list(index.skipped.items())[:20]:
         print(f"  skipped {path}: {reason}")
+    if not index.entries:
+        raise DataError(f"{args.data}: no usable audio file ({len(index.skipped)} skipped); point --data at a folder, "
+                        "manifest or shards that hold audio")
     return 0
 
 
@@ -246,8 +249,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for row in rate_rows(rows):
         target = f"{row['target_kbps']:.3f}" if row.get("target_kbps") else "-"
         mark = f"  off target ({row['rate_error_percent']:+.1f}%)" if row.get("off_target") else ""
-        print(f"{row['system']:<8} {row['label']:<10} {target:>8} {row['rate_kbps']:>9.3f} "
-              f"{row['mel_distance']:>7.3f} {row['si_sdr']:>8.2f}{mark}")
+        mel, si_sdr = (f"{row[k]:.{d}f}" if isinstance(row.get(k), float) and math.isfinite(row[k]) else "-"
+                       for k, d in (("mel_distance", 3), ("si_sdr", 2)))
+        print(f"{row['system']:<8} {row['label']:<10} {target:>8} {row['rate_kbps']:>9.3f} {mel:>7} {si_sdr:>8}{mark}")
     print(f"trained {len(sweep.trained)} run(s) now, reused the rest; wrote rd.csv, rd.json, rd.png and "
           f"report.html in {args.out}")
     return 0

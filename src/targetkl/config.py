@@ -163,12 +163,16 @@ class LossConfig:
 @dataclass
 class DataConfig:
     """``workers``: DataLoader processes reading training crops per training process; -1 picks them for the
-    machine (none on two cores or fewer, else half of each process's share of the cores, at most 8)."""
+    machine (none on two cores or fewer, else half of each process's share of the cores, at most 8).
+    ``max_bad_reads``: the share of the training files that may become unreadable during a run (gone or damaged
+    since indexing; their crops are drawn again from other clips, each file named once); past it training stops
+    with a checkpoint."""
 
     segment_seconds: float = 0.32
     valid_percent: float = 10.0
     loudness_dbfs: float = -20.0
     workers: int = -1
+    max_bad_reads: float = 0.05
 
 
 @dataclass

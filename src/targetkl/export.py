@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ from safetensors.torch import save_file
 from targetkl.config import Config
 from targetkl.data import load_folder
 from targetkl.errors import UserError
-from targetkl.fileio import write_text_atomic
+from targetkl.fileio import fsync_dir, fsync_file, umask_mode
 from targetkl.inference import CodecRunner
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
@@ -103,10 +106,18 @@ def measured_rate(run: Path, step: int) -> float | None:
 
 def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "diffusers",
                stats_clips: int = STATS_CLIPS) -> dict:
-    """Write ``run`` to the folder ``out`` in ``fmt`` (see the module docstring); returns ``targetkl.json``."""
+    """Write ``run`` to the folder ``out`` in ``fmt`` (see the module docstring); returns ``targetkl.json``.
+
+    Everything is written into a temporary folder beside ``out`` and renamed to ``out`` at the end, so ``out`` is
+    a complete export or untouched. ``out`` must be new, empty, or an earlier export of the same run (replaced).
+    """
     run, out = Path(run), Path(out)
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt}: choose {' or '.join(FORMATS)}")
+    if stats_clips < 1:
+        raise ExportError(f"--stats-clips {stats_clips}: the latent statistics need at least 1 training clip "
+                          f"(default {STATS_CLIPS})")
+    check_target(out, run)
     loaded = load_run(run, "cpu")
     config, model = loaded.config, loaded.model
     if fmt == "diffusers":
@@ -116,22 +127,68 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
         from targetkl.eval.evaluate import evaluate_model
 
         rate_kbps = evaluate_model(model, config, data, perceptual=False, progress=False)["rate_kbps"]
-    out.mkdir(parents=True, exist_ok=True)
     if fmt == "diffusers":
         tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
                    for part in ("encoder", "decoder")
                    for name, tensor in getattr(model, part).state_dict().items()}
         # diffusers computes std = softplus(raw) + 1e-4: the final rate trim's shift goes into the raw scales' bias
         tensors["encoder.conv2.bias"][model.latent_dim:] += float(model.bottleneck.scale_shift)
-        save_file(tensors, str(out / "diffusion_pytorch_model.safetensors"))
-        write_text_atomic(out / "config.json", json.dumps(diffusers_config(config), indent=2) + "\n")
+        files = {"diffusion_pytorch_model.safetensors": tensors,
+                 "config.json": json.dumps(diffusers_config(config), indent=2) + "\n"}
     else:
-        tensors = {name: tensor.detach().contiguous().clone() for name, tensor in model.state_dict().items()}
-        save_file(tensors, str(out / "model.safetensors"))
+        files = {"model.safetensors": {name: tensor.detach().contiguous().clone()
+                                       for name, tensor in model.state_dict().items()}}
     info = {"format": fmt, "source_run": str(run.resolve()), "step": loaded.step, "config": config.to_dict(),
             "sample_rate": model.sample_rate, "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
             "loudness_dbfs": config.data.loudness_dbfs, "target_kbps": config.rate.target_kbps,
             "rate_kbps": rate_kbps if rate_kbps is not None and math.isfinite(rate_kbps) else None,
             "latent_stats": latent_statistics(model, config, data, stats_clips)}
-    write_text_atomic(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
+    files[INFO_FILE] = json.dumps(info, indent=2) + "\n"
+    write_folder_atomic(out, files)
     return info
+
+
+def check_target(out: Path, run: Path) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder that is not an earlier export of ``run``."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out}: is a file; name a new folder for the export")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        earlier = json.loads((out / INFO_FILE).read_text()).get("source_run")
+    except (OSError, ValueError, AttributeError):
+        earlier = None
+    if earlier != str(run.resolve()):
+        raise ExportError(f"{out}: a folder that holds other files (not an export of {run}); export into a new or "
+                          "empty folder")
+
+
+def write_folder_atomic(out: Path, files: dict[str, dict | str]) -> None:
+    """Write ``files`` (name -> tensors for safetensors, or text) as the folder ``out``: into a temporary folder
+    beside it, synced, given the umask's permissions, then renamed over ``out`` (an earlier ``out`` is renamed
+    aside first and removed after). On failure the temporary folder is removed and ``out`` is as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    aside = None
+    try:
+        for name, content in files.items():
+            if isinstance(content, str):
+                (temporary / name).write_text(content)
+            else:
+                save_file(content, str(temporary / name))
+            os.chmod(temporary / name, umask_mode())  # safetensors writes its files private
+            fsync_file(temporary / name)
+        os.chmod(temporary, umask_mode(folder=True))
+        if out.exists():
+            aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) / "export"
+            os.rename(out, aside)
+        os.rename(temporary, out)
+    except BaseException:
+        if aside is not None and not out.exists():
+            os.rename(aside, out)
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside.parent, ignore_errors=True)
+    fsync_dir(out.parent)

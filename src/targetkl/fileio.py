@@ -9,6 +9,8 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -28,30 +30,53 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: all of it or nothing.
+def umask_mode(folder: bool = False) -> int:
+    """The permissions a new file (``0o666``) or folder (``0o777``) gets under the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
 
-    On failure the temporary file is removed and the ``OSError`` names ``path`` (never the temporary).
-    """
+
+def _naming(error: OSError, path: Path) -> OSError:
+    return OSError(error.errno, error.strerror, str(path))
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` (same suffix, so writers that go by it pick the same format) for the
+    block to write; when the block ends without error it is synced, given the permissions the umask gives a
+    new file and renamed to ``path``: all of it or nothing. On any error it is removed, and the error of a step
+    of this function names ``path`` (never the temporary)."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder; name a file to write", str(path))
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+        os.close(handle)
     except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
+        raise _naming(error, path) from error
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
+        yield temporary
+        try:
+            fsync_file(temporary)
+            os.chmod(temporary, umask_mode())
+            os.replace(temporary, path)
+        except OSError as error:
+            raise _naming(error, path) from error
+    finally:
+        temporary.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`: all of it or nothing, with the umask's
+    permissions; an ``OSError`` names ``path``."""
+    with atomic_path(path) as temporary:
+        try:
+            temporary.write_bytes(data)
+        except OSError as error:
+            raise _naming(error, Path(path)) from error
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -66,9 +91,11 @@ def output_path(path: str | Path) -> Path:
     return path
 
 
-def read_json_or_none(path: Path) -> dict | None:
-    """The JSON object in ``path``, or ``None`` when it is missing or unreadable (an unfinished result)."""
+def read_json_or_none(path: Path, kind: type = dict):
+    """The JSON value in ``path`` if it is a ``kind`` (an object by default), or ``None`` when it is missing,
+    unreadable or of another kind (an unfinished or damaged result, to be computed again)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, kind) else None

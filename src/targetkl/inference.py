@@ -36,12 +36,22 @@ def choose_device(name: str | None = "auto") -> torch.device:
 
     if name in (None, "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use auto or cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name}: not a device ({error}); use auto, cpu or cuda[:N]") from None
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"--device {name}: not a device ({error}); use auto, cpu, cuda[:N] or mps") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: torch.backends.mps.is_available(),
+                 "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if device.type not in available:
+        raise ConfigError(f"--device {name}: {device.type} devices cannot run the codec; use auto, cpu, cuda[:N] "
+                          "or mps")
+    if not available[device.type]():
+        raise ConfigError(f"--device {name}: no {device.type} device is available here; use auto or cpu")
+    counts = {"cuda": torch.cuda.device_count, "xpu": lambda: torch.xpu.device_count()}
+    if device.index is not None and device.type in counts and device.index >= counts[device.type]():
+        raise ConfigError(f"--device {name}: this machine has {counts[device.type]()} {device.type} device(s); "
+                          f"use {device.type}:0 to {device.type}:{counts[device.type]() - 1}")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from targetkl.errors import UserError
 from targetkl.data.audio import file_entry, read_window, write_audio_stream
-from targetkl.fileio import output_path
+from targetkl.fileio import atomic_path, output_path
 from targetkl.inference import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SECONDS, CodecRunner
 from targetkl.models.codec import Codec, model_fingerprint
 
@@ -46,7 +46,8 @@ def encode_file(model: Codec, audio_path: str | Path, out_path: str | Path, batc
                 "audio_channels": str(model.audio_channels),
                 "fingerprint": model_fingerprint(model),
                 "bits_per_frame": repr(float(encoded.bits_per_frame.mean()))}
-    save_file(tensors, str(out_path), metadata=metadata)
+    with atomic_path(out_path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return {"frames": encoded.frames, **metadata}
 
 
@@ -78,6 +79,8 @@ def decode_file(model: Codec, latent_path: str | Path, out_path: str | Path, bat
     latent = tensors["latent"]
     if latent.ndim != 2 or latent.shape[0] != model.latent_dim:
         raise LatentFileError(f"{latent_path}: latent of shape {tuple(latent.shape)} does not fit this model")
+    if not torch.isfinite(latent).all():
+        raise LatentFileError(f"{latent_path}: the latent holds NaN or Inf values; re-encode it with `targetkl encode`")
     try:
         num_samples = int(metadata["num_samples"])
     except (KeyError, ValueError):

@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from targetkl.fileio import output_path
+from targetkl.fileio import atomic_path, output_path
 from targetkl.data.index import (AUDIO_EXTENSIONS, DataError, IndexEntry, ensure_index, find_audio_files, open_sound,
                                  read_captions)
 
@@ -32,6 +32,7 @@ log = logging.getLogger("targetkl.data")
 SILENCE_RMS = 1e-5
 MAX_SECONDS = 600.0
 RESAMPLE_MARGIN = 2048
+REDRAWS = 8  # a training crop whose file cannot be read is drawn again from another clip this many times
 
 __all__ = ["AUDIO_EXTENSIONS", "AudioClip", "AudioSet", "DataError", "find_audio_files", "load_audio", "load_folder",
            "random_crops", "read_captions", "read_window"]
@@ -288,12 +289,17 @@ def load_folder(root: str | Path, sample_rate: int, split: str = "all", valid_pe
 
 
 def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, seed: int, step: int,
-                 rows: range | None = None) -> torch.Tensor:
+                 rows: range | None = None, failures: list[str] | None = None) -> torch.Tensor:
     """A ``(batch, channels, segment_samples)`` batch of random crops, a pure function of ``(seed, step)``.
 
     Clips shorter than the segment are placed at a random offset in zeros. Because the batch depends
     only on the step, a resumed run sees exactly the batches an uninterrupted run would. ``rows`` reads
     only those rows of the batch (a process's slice under data parallelism); the others are not read.
+
+    With a ``failures`` list, a file that cannot be read (gone or damaged since it was indexed) is appended to
+    it and its crop is drawn again from another clip, ``REDRAWS`` times at most, each draw a pure function of
+    ``(seed, step, row, attempt)`` (so a resumed run meets the same replacements); a row whose draws all fail
+    stays silent. Without it, the ``DataError`` is raised.
     """
     rng = np.random.default_rng([seed, step, 0x7A])
     rows = range(batch_size) if rows is None else rows
@@ -305,10 +311,22 @@ def random_crops(audio_set: AudioSet, batch_size: int, segment_samples: int, see
     batch = np.zeros((len(rows), audio_set.channels, segment_samples), dtype=np.float32)
     for out_row, row in enumerate(rows):
         index, length, start = plan[row]
-        if length >= segment_samples:
-            batch[out_row] = audio_set.read(index, start, segment_samples)
-        else:
-            batch[out_row, :, start:start + length] = audio_set.read(index, 0, length)
+        for attempt in range(1, REDRAWS + 2):
+            try:
+                if length >= segment_samples:
+                    batch[out_row] = audio_set.read(index, start, segment_samples)
+                else:
+                    batch[out_row, :, start:start + length] = audio_set.read(index, 0, length)
+                break
+            except DataError:
+                if failures is None:
+                    raise
+                failures.append(audio_set.entries[index].path)
+                batch[out_row] = 0.0
+                redraw = np.random.default_rng([seed, step, row, attempt, 0xBAD])
+                index = int(redraw.integers(0, len(audio_set)))
+                length = audio_set.length(index)
+                start = int(redraw.integers(0, abs(length - segment_samples) + 1))
     return torch.from_numpy(batch)
 
 
@@ -332,16 +350,18 @@ def file_entry(path: str | Path) -> IndexEntry:
 
 def write_audio_stream(path: str | Path, sample_rate: int, pieces, num_samples: int, channels: int = 1) -> int:
     """Write ``(first sample, audio)`` pieces (``(samples,)`` or ``(channels, samples)``) in order into a 16-bit
-    wav of ``num_samples`` samples, as they come (the file is never in memory whole); returns the samples
+    wav of ``num_samples`` samples, as they come (the file is never in memory whole), under a temporary name
+    renamed to ``path`` at the end (a file already at ``path`` stays whole until then); returns the samples
     written."""
     path = output_path(path)
     written = 0
-    with sf.SoundFile(str(path), "w", sample_rate, channels, "PCM_16") as out:
-        for first, audio in pieces:
-            audio = audio[..., : max(num_samples - first, 0)]
-            if audio.shape[-1]:
-                out.write(np.clip(audio.T, -1.0, 1.0))
-                written += audio.shape[-1]
+    with atomic_path(path) as temporary:
+        with sf.SoundFile(str(temporary), "w", sample_rate, channels, "PCM_16") as out:
+            for first, audio in pieces:
+                audio = audio[..., : max(num_samples - first, 0)]
+                if audio.shape[-1]:
+                    out.write(np.clip(audio.T, -1.0, 1.0))
+                    written += audio.shape[-1]
     return written
 
 
@@ -353,6 +373,8 @@ def write_example_clips(folder: Path, clips: list[np.ndarray], sample_rate: int)
     paths = []
     for index, audio in enumerate(clips):
         path = folder / f"clip{index}.wav"
-        sf.write(str(path), np.clip(np.asarray(audio, dtype=np.float64).T, -1, 1), sample_rate, subtype="PCM_16")
+        with atomic_path(path) as temporary:
+            sf.write(str(temporary), np.clip(np.asarray(audio, dtype=np.float64).T, -1, 1), sample_rate,
+                     subtype="PCM_16")
         paths.append(str(path))
     return paths

@@ -22,12 +22,14 @@ or modification time) and drops files that are gone. Probing runs in worker proc
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import logging
 import math
 import os
+import stat
 import tarfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -164,13 +166,17 @@ def _read_jsonl(path: Path, need_caption: bool) -> tuple[list[dict], list[str]]:
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("path"), str):
+            if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
                 raise ValueError("needs a string field 'path'")
-            if (need_caption or row.get("caption") is not None) and not isinstance(row.get("caption"), str):
+            if need_caption and not isinstance(row.get("caption"), str):
                 raise ValueError("needs a string field 'caption'")
         except ValueError as error:
             problems.append(f"{path}:{number}: bad caption line ({error})")
             continue
+        for key in ("caption", "label"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                problems.append(f"{path}:{number}: its {key} is not text; the audio is used without it")
+                row[key] = None
         rows.append(row)
     return rows, problems
 
@@ -179,15 +185,21 @@ def _read_csv(path: Path, need_caption: bool) -> tuple[list[dict], list[str]]:
     rows, problems = [], []
     with open(path, newline="", errors="replace") as handle:
         reader = csv.DictReader(handle)
-        fields = reader.fieldnames or []
-        key = next((k for k in ("path", "file_name", "youtube_id") if k in fields), None)
-        if key is None or (need_caption and "caption" not in fields):
-            return rows, problems
-        for number, row in enumerate(reader, start=2):
-            if not row.get(key) or (need_caption and not row.get("caption")):
-                problems.append(f"{path}:{number}: bad row (empty {key}{' or caption' if need_caption else ''})")
-                continue
-            rows.append({"path": row[key], "caption": row.get("caption") or None, "label": row.get("label") or None})
+        try:
+            fields = reader.fieldnames or []
+            key = next((k for k in ("path", "file_name", "youtube_id") if k in fields), None)
+            if key is None or (need_caption and "caption" not in fields):
+                return rows, problems
+            for row in reader:
+                if not row.get(key) or (need_caption and not row.get("caption")):
+                    problems.append(f"{path}:{reader.line_num}: bad row (empty {key}"
+                                    f"{' or caption' if need_caption else ''})")
+                    continue
+                rows.append({"path": row[key], "caption": row.get("caption") or None,
+                             "label": row.get("label") or None})
+        except csv.Error as error:  # a NUL byte, a field over the csv module's limit
+            problems.append(f"{path}:{reader.line_num}: unreadable CSV ({error}); the rows from here on are left out, "
+                            "fix the file")
     return rows, problems
 
 
@@ -223,9 +235,16 @@ def _candidates(source: str, kind: str) -> tuple[list[dict], list[str]]:
         if not rows and not problems:
             raise DataError(f"{manifest}: no rows with a 'path'; write one line per file, e.g. "
                             '{"path": "a.wav", "caption": "..."}')
+        folder = manifest.parent.resolve()
+        for row in [row for row in rows if "\0" in row["path"]]:
+            problems.append(f"{manifest}: the path {row['path']!r} holds a NUL byte; left out")
+        rows = [row for row in rows if "\0" not in row["path"]]
         for row in rows:
             file = Path(row["path"]).expanduser()
-            row["file"] = str(file if file.is_absolute() else manifest.parent / file)
+            file = Path(os.path.realpath(file if file.is_absolute() else folder / file))
+            row["file"] = str(file)
+            # one name however the manifest spells it (./a.wav, a.wav, /abs/a.wav, a link to it): its split
+            row["path"] = file.relative_to(folder).as_posix() if file.is_relative_to(folder) else str(file)
         return rows, problems
     rows, problems = [], []
     shards = expand_shards(source)
@@ -351,8 +370,28 @@ def probe(candidate: dict) -> dict:
 
 
 def _stat(candidate: dict) -> tuple[int, int]:
-    stat = os.stat(candidate["file"])
-    return stat.st_size, stat.st_mtime_ns
+    """``(size, mtime_ns)`` of a regular file; ``OSError`` for anything else (a FIFO would block its reader)."""
+    status = os.stat(candidate["file"])
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)")
+    return status.st_size, status.st_mtime_ns
+
+
+def _once_each(candidates: list[dict], problems: list[str]) -> list[dict]:
+    """The candidates with each file (or tar member) once: a source that lists one file under several names (a
+    relative and an absolute path, a link) keeps its first name, with a problem naming the others."""
+    first: dict[tuple[str, int | None], dict] = {}
+    repeated: dict[tuple[str, int | None], list[str]] = {}
+    for candidate in candidates:
+        key = (os.path.realpath(candidate["file"]), candidate.get("offset"))
+        if key in first:
+            repeated.setdefault(key, []).append(candidate["path"])
+        else:
+            first[key] = candidate
+    for key, names in repeated.items():
+        problems.append(f"{first[key]['path']}: listed {len(names) + 1} times (also as {', '.join(names[:3])}"
+                        f"{'...' if len(names) > 3 else ''}); used once")
+    return list(first.values())
 
 
 def default_workers() -> int:
@@ -399,8 +438,9 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
     kind = source_kind(source)
     canonical = canonical_source(source)  # every file below is found from here: absolute, whatever the cwd
     candidates, problems = _candidates(canonical, kind)
+    candidates = _once_each(candidates, problems)
     for problem in problems:
-        log.warning(problem)
+        _warn_once(problem)
     cache = index_file(source)
     cached = _load_cache(cache, canonical)
     rows: dict[str, dict] = {}
@@ -410,7 +450,8 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
         try:
             stamp = _stat(candidate)
         except OSError as error:
-            skipped[candidate["path"]] = f"unreadable audio ({error.strerror})"
+            skipped[candidate["path"]] = (error.strerror if error.errno == errno.EINVAL
+                                          else f"unreadable audio ({error.strerror})")
             continue
         old = cached.get(candidate["path"])
         if old is not None and (old.get("size"), old.get("mtime_ns")) == stamp and \

@@ -33,6 +33,7 @@ GRAMMAR = "\n".join(["#JSGF V1.0;", "grammar speech;",
                     + [f"<{slot}> = {' | '.join(words)};" for slot, words in WORDS.items()]) + "\n"
 VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-us+f3", "en-gb+f2", "en-gb-x-rp+m3", "en-us+f5")
 PAUSE_SECONDS = 0.15
+ESPEAK_TIMEOUT_SECONDS = 60  # one sentence takes well under a second; a hung espeak-ng is stopped here
 
 
 class SpeechToolError(ConfigError):
@@ -51,12 +52,22 @@ def speak(text: str, voice: str, words_per_minute: int, pitch: int, sample_rate:
         raise SpeechToolError("espeak-ng not found: the speech corpus is spoken by it; install the Debian package "
                               "(apt-get install espeak-ng)")
     command = [program, "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout", text]
-    result = subprocess.run(command, capture_output=True, timeout=60)
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=ESPEAK_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise SpeechToolError(f"{program} did not answer within {ESPEAK_TIMEOUT_SECONDS} s; check that "
+                              "`espeak-ng --stdout hello > /dev/null` works") from None
     if result.returncode != 0 or not result.stdout:
         detail = result.stderr.decode(errors="replace").strip().splitlines()[:1]
         raise SpeechToolError(f"espeak-ng -v {voice} failed ({detail[0] if detail else result.returncode}); "
                               "check `espeak-ng --voices=en`")
-    audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float64")
+    try:
+        audio, rate = sf.read(io.BytesIO(result.stdout), dtype="float64")
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        raise SpeechToolError(f"{program} printed no WAV audio for --stdout; check that `espeak-ng --stdout hello "
+                              "| file -` says WAVE audio") from None
+    if audio.size == 0 or not np.isfinite(audio).all():
+        raise SpeechToolError(f"{program} printed empty or broken audio; check the espeak-ng installation")
     audio = audio.mean(axis=1) if audio.ndim > 1 else audio
     audio = soxr.resample(audio, rate, sample_rate) if rate != sample_rate else audio
     audio = 0.5 * audio / max(float(np.max(np.abs(audio))), 1e-9)

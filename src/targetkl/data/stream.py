@@ -16,7 +16,9 @@ from targetkl.data.audio import AudioSet, random_crops
 
 
 class CropBatches(Dataset):
-    """``dataset[m]`` -> ``(batch_size, 1, segment_samples)`` float32, this rank's slice of micro-step ``m``."""
+    """``dataset[m]`` -> ``(crops, failed)``: ``(batch_size, channels, segment_samples)`` float32, this rank's slice
+    of micro-step ``m``, and the paths of the files that could not be read for it (their crops were drawn again,
+    see :func:`random_crops`)."""
 
     def __init__(self, audio_set: AudioSet, batch_size: int, segment_samples: int, seed: int, rank: int = 0,
                  world_size: int = 1):
@@ -28,8 +30,11 @@ class CropBatches(Dataset):
     def __len__(self) -> int:
         return 2 ** 62
 
-    def __getitem__(self, micro_step: int) -> torch.Tensor:
-        return random_crops(self.audio_set, self.global_batch, self.segment_samples, self.seed, micro_step, self.rows)
+    def __getitem__(self, micro_step: int) -> tuple[torch.Tensor, list[str]]:
+        failed: list[str] = []
+        crops = random_crops(self.audio_set, self.global_batch, self.segment_samples, self.seed, micro_step, self.rows,
+                             failed)
+        return crops, failed
 
 
 def auto_workers(local_world_size: int = 1) -> int:

@@ -110,4 +110,7 @@ def recognizer_for(data_dir: str | Path) -> SpeechRecognizer | None:
     if not is_speech_source(data_dir):
         return None
     grammar = Path(data_dir) / "grammar.jsgf"
+    if grammar.exists() and not grammar.is_file():
+        raise RecognizerError(f"{grammar}: not a file; the speech source's grammar must be a JSGF file (or absent, "
+                              "for the full language model)")
     return SpeechRecognizer(grammar if grammar.is_file() else None)

@@ -209,7 +209,7 @@ class Sweep:
         cache = run / "sweep_tkl.json"
         step = self._finished_step(run)
         cached = read_json_or_none(cache)
-        if (cached is not None and cached.get("step") == step and cached.get("perceptual") == self.perceptual
+        if (_usable(cached) and cached.get("step") == step and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
             return self._placed(cached, f"tkl-{point.label}", run)
         loaded = load_run(run, self.device)
@@ -263,7 +263,7 @@ class Sweep:
         cache = run / "sweep_eval.json"
         finished = self._finished_step(run) == config.train.steps
         cached = read_json_or_none(cache) if finished else None
-        if (cached is not None and cached.get("step") == config.train.steps
+        if (_usable(cached) and cached.get("step") == config.train.steps
                 and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
             return self._placed(cached, point.name, run)
@@ -294,7 +294,7 @@ class Sweep:
     def _classic(self, point: SweepPoint) -> dict:
         cache = self.out / "classic" / f"{point.name}.json"
         cached = read_json_or_none(cache)
-        if (cached is not None and cached.get("perceptual") == self.perceptual
+        if (_usable(cached) and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)
                 and cached.get("clips") == len(self.held_out)):
             return self._placed(cached, point.name)
@@ -319,6 +319,13 @@ class Sweep:
                                 rate.off_target_text(row["rate_kbps"], row["target_kbps"]))
                 rows.append(row)
         return rows
+
+
+def _usable(cached: dict | None) -> bool:
+    """A cached row that holds what a row needs (a damaged or foreign cache file is computed again)."""
+    return cached is not None and isinstance(cached.get("system"), str) and isinstance(cached.get("label"), str) \
+        and "rate_kbps" in cached and isinstance(cached.get("audio", []), list) \
+        and all(isinstance(cached.get(key), (int, float, type(None))) for key in ("rate_kbps", "mel_distance"))
 
 
 def _save_row(cache: Path, row: dict) -> dict:

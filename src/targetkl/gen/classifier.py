@@ -25,7 +25,7 @@ from tqdm import tqdm
 from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import normalize_loudness
 from targetkl.losses import magnitude, mel_filterbank
-from targetkl.fileio import write_text_atomic
+from targetkl.fileio import atomic_path, write_text_atomic
 
 EMBEDDING_DIM = 32
 N_FFT, N_MELS = 512, 64
@@ -150,8 +150,8 @@ def save_judge(judge: Judge, out: str | Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in judge.model.state_dict().items()}
-    save_file(tensors, str(out / ".classifier.safetensors.tmp"))
-    (out / ".classifier.safetensors.tmp").replace(out / "classifier.safetensors")
+    with atomic_path(out / "classifier.safetensors") as temporary:
+        save_file(tensors, str(temporary))
     write_text_atomic(out / "classifier.json", json.dumps({"classes": judge.classes, "sample_rate": judge.sample_rate,
                                                           "samples": judge.samples, "accuracy": judge.accuracy,
                                                           "trained_on": judge.trained_on}, indent=2) + "\n")

@@ -25,7 +25,7 @@ from targetkl.data import load_folder
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.models.codec import model_fingerprint
 from targetkl.runs import load_run
-from targetkl.fileio import write_text_atomic
+from targetkl.fileio import atomic_path, write_text_atomic
 
 LATENTS_FILE, MANIFEST_FILE, INFO_FILE = "latents.safetensors", "manifest.jsonl", "info.json"
 
@@ -99,9 +99,8 @@ def pre_encode(run_dir: str | Path, data: str | Path, out: str | Path, progress:
             "target_kbps": model.bottleneck.target_kbps(config.rate.target_kbps, measured) if controlled else None,
             "rate_kbps": measured,
             "clips": len(lines), "captioned": sum(1 for line in lines if json.loads(line)["caption"])}
-    temporary = out / f".{LATENTS_FILE}.tmp"
-    save_file(tensors, str(temporary))
-    temporary.replace(out / LATENTS_FILE)
+    with atomic_path(out / LATENTS_FILE) as temporary:
+        save_file(tensors, str(temporary))
     write_text_atomic(out / MANIFEST_FILE, "\n".join(lines) + "\n")
     write_text_atomic(out / INFO_FILE, json.dumps(info, indent=2) + "\n")
     return info

@@ -54,10 +54,15 @@ def sweep_data(sweep: Path, data: str | Path | None) -> Path:
 
 
 def vae_rows(sweep: Path) -> list[dict]:
-    rows = read_json_or_none(sweep / "rd.json")
+    rows = read_json_or_none(sweep / "rd.json", list)
     if rows is None:
-        raise SweepError(f"{sweep}/rd.json: not found; run `targetkl sweep --out {sweep}` first")
-    vaes = sorted((r for r in rows if r.get("system") == TARGET_KL_SYSTEM), key=lambda r: r["rate_kbps"])
+        raise SweepError(f"{sweep}/rd.json: not found or damaged; run `targetkl sweep --out {sweep}` (again) first")
+    vaes = [r for r in rows if isinstance(r, dict) and r.get("system") == TARGET_KL_SYSTEM]
+    if any(not isinstance(r.get("rate_kbps"), (int, float)) or not isinstance(r.get("label"), str)
+           or not isinstance(r.get("run"), str) for r in vaes):
+        raise SweepError(f"{sweep}/rd.json: a VAE row lacks its rate_kbps, label or run; run `targetkl sweep --out "
+                         f"{sweep}` again to rewrite it")
+    vaes.sort(key=lambda r: r["rate_kbps"])
     if not vaes:
         raise SweepError(f"{sweep}/rd.json has no target-KL VAE rows; run a sweep with --kbps first")
     for row in vaes:  # a relative path (an older rd.json: relative to where the sweep ran) -> the sweep's own run

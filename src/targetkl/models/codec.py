@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from targetkl.bottlenecks import Bottleneck, BottleneckOutput, build_bottleneck
-from targetkl.config import Config, ModelConfig
+from targetkl.config import Config, ConfigError, ModelConfig, validate
 from targetkl.nn import ResidualUnit, Snake, wn_conv1d, wn_conv_transpose1d
 from targetkl.nn.layers import WeightNormConv1d, WeightNormConvTranspose1d
 
@@ -141,9 +141,22 @@ class Codec(nn.Module):
         return self.decode(encoded.z), encoded
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights: a config asking for more is a typo, not a codec
+
+
 def build_codec(config: Config) -> Codec:
     """The codec a config describes: its bottleneck from the registry (``model.bottleneck``, with the rate
-    settings it reads), then the encoder and decoder of ``config.model``."""
+    settings it reads), then the encoder and decoder of ``config.model``. The config is validated and the codec
+    first laid out on the ``meta`` device (no memory): more than ``MAX_PARAMETERS`` weights is a ``ConfigError``
+    naming the model's sizes, before anything is allocated."""
+    validate(config)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in Codec(config.model, build_bottleneck(config)).parameters())
+    if parameters > MAX_PARAMETERS:
+        model = config.model
+        raise ConfigError(f"model.latent_dim={model.latent_dim}, encoder_dim={model.encoder_dim}, decoder_dim="
+                          f"{model.decoder_dim}, strides={model.strides}: a codec of {parameters:.3g} weights (more "
+                          f"than {MAX_PARAMETERS:.0e}); check these sizes")
     return Codec(config.model, build_bottleneck(config))
 
 

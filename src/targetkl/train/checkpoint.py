@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from targetkl.errors import UserError
-from targetkl.fileio import fsync_dir, fsync_file, write_text_atomic
+from targetkl.fileio import fsync_dir, fsync_file, umask_mode, write_text_atomic
 
 LATEST = "latest"
 
@@ -60,9 +60,12 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     try:
         for file_name, tensor_dict in tensors.items():
             save_file(tensor_dict, str(temporary / f"{file_name}.safetensors"))
+            os.chmod(temporary / f"{file_name}.safetensors", umask_mode())  # safetensors writes its files private
             fsync_file(temporary / f"{file_name}.safetensors")
-        torch.save(state, temporary / "state.pt")
+        with open(temporary / "state.pt", "wb") as handle:  # a full disk is then an OSError, not torch's message
+            torch.save(state, handle)
         fsync_file(temporary / "state.pt")
+        os.chmod(temporary, umask_mode(folder=True))  # mkdtemp's folder is private; the checkpoint is not
     except (OSError, RuntimeError) as error:
         shutil.rmtree(temporary, ignore_errors=True)  # give the space back: the rerun needs it
         if _out_of_space(error):
@@ -79,11 +82,16 @@ def save_checkpoint(run_dir: str | Path, step: int, tensors: dict[str, dict[str,
     return final
 
 
-def _out_of_space(error: BaseException) -> bool:
-    """ENOSPC or EDQUOT, raised directly or wrapped by torch's writer (a RuntimeError naming it)."""
-    if isinstance(error, OSError):
-        return error.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+def _out_of_space(error: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT, raised directly, named by a RuntimeError, or behind torch's writer's own error (its
+    ``inline_container`` failure is raised while the file's OSError is being handled)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def prune(root: Path, keep: int, current: str) -> None:

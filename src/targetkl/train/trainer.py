@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from targetkl.errors import UserError
 from targetkl import rate
 from targetkl.config import Config, ConfigError, from_dict, validate
-from targetkl.data import AudioSet, load_folder
+from targetkl.data import AudioSet, DataError, load_folder
 from targetkl.data.stream import CropBatches, auto_workers, crop_loader
 from targetkl.inference import CodecRunner, choose_device
 from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
@@ -155,6 +157,8 @@ class Trainer:
             self.training_model = torch.compile(self.training_model)
         self.step = 0
         self.bad_steps = 0
+        self.bad_reads = 0  # crops drawn again because their file could not be read
+        self.bad_files: set[str] = set()
         self._stop_signal: int | None = None
         fitted = config.rate_schedule()
         if fitted != (config.rate.free_steps, config.rate.warmup_steps) and self.dist.is_main:
@@ -245,10 +249,9 @@ class Trainer:
         for micro in range(train.grad_accum):
             micro_step = self.step * train.grad_accum + micro
             waited = time.perf_counter()
-            if self._batches is not None:
-                audio = next(self._batches).to(self.device, non_blocking=True)
-            else:
-                audio = self.local_crops(micro_step)
+            audio, failed = next(self._batches) if self._batches is not None else self.crop_batches[micro_step]
+            audio = audio.to(self.device, non_blocking=True)
+            self._note_bad_reads(failed)
             self.data_wait_seconds += time.perf_counter() - waited
             with self._autocast():
                 self._skip_noise(self.dist.rank)
@@ -287,13 +290,31 @@ class Trainer:
                 for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
                     ema_buffer.copy_(buffer)
         totals.update({"grad_norm": grad_norm.detach(), "lr": lr})
+        if self.bad_reads:
+            totals["data/bad_reads"] = float(self.bad_reads)
         if config.rate.target_kbps is not None:
             totals["rate/target_kbps"] = config.rate.target_kbps
         return totals
 
     def local_crops(self, micro_step: int) -> torch.Tensor:
         """This process's slice of the global batch of crops for ``micro_step``."""
-        return self.crop_batches[micro_step].to(self.device)
+        return self.crop_batches[micro_step][0].to(self.device)
+
+    def _note_bad_reads(self, failed: list[str]) -> None:
+        """Count crops whose file could not be read (each file named once in the log); stop the run when more
+        than ``data.max_bad_reads`` of the training files have failed."""
+        for path in failed:
+            self.bad_reads += 1
+            if path not in self.bad_files:
+                self.bad_files.add(path)
+                log.warning("%s: unreadable during training (gone or damaged since it was indexed); its crops are "
+                            "drawn from other clips", path)
+        if len(self.bad_files) > self.config.data.max_bad_reads * len(self.train_set):
+            self.save()
+            raise TrainingError(f"{len(self.bad_files)} of the {len(self.train_set)} training files became unreadable "
+                                f"(more than data.max_bad_reads={self.config.data.max_bad_reads:g}); stopped at step "
+                                f"{self.step} with a checkpoint; restore the files or re-index with `targetkl index`, "
+                                "then run the same command")
 
     def _skip_noise(self, ranks: int) -> None:
         """Draw and drop ``ranks`` processes' worth of posterior noise, so that each rank samples its own
@@ -326,7 +347,10 @@ class Trainer:
             if length > longest:
                 start = int(rng.integers(0, length - longest + 1))
                 length = longest
-            windows.append(self.train_set.read(int(index), start, length))
+            windows.append(self._read_or_skip(int(index), start, length))
+        windows = [window for window in windows if window is not None]
+        if not windows:
+            return {}
         encoded = CodecRunner(self.model, self.device, rate_config.calibrate_batch).encode(windows)
         self.model.train()
         total_nats = sum(float(e.kl_nats.sum()) for e in encoded)
@@ -336,13 +360,22 @@ class Trainer:
         kbps = rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate)
         return {"rate/calibration_kbps": kbps, "control/offset_nats": float(controller.offset)}
 
-    def trim_windows(self) -> list[np.ndarray]:
-        """The training audio of the final trim: ``rate.trim_clips`` clips drawn once from the seed, the first
-        ``rate.calibrate_seconds`` of each."""
+    def trim_windows(self) -> Iterator[np.ndarray]:
+        """The training audio of the final trim, read one window at a time: ``rate.trim_clips`` clips drawn once
+        from the seed, the first ``rate.calibrate_seconds`` of each (an unreadable one is left out)."""
         rng = np.random.default_rng([self.config.train.seed, 0x781])
         chosen = sorted(rng.permutation(len(self.train_set))[:self.config.rate.trim_clips])
         longest = int(self.config.rate.calibrate_seconds * self.config.model.sample_rate)
-        return [self.train_set.read(int(i), 0, min(self.train_set.length(int(i)), longest)) for i in chosen]
+        windows = (self._read_or_skip(int(i), 0, min(self.train_set.length(int(i)), longest)) for i in chosen)
+        return (window for window in windows if window is not None)
+
+    def _read_or_skip(self, index: int, start: int, length: int) -> np.ndarray | None:
+        """A window of training clip ``index``, or ``None`` (counted as a bad read) when its file cannot be read."""
+        try:
+            return self.train_set.read(index, start, length)
+        except DataError:
+            self._note_bad_reads([self.train_set.entries[index].path])
+            return None
 
     @torch.no_grad()
     def trim_rate(self) -> dict[str, float]:
@@ -356,18 +389,22 @@ class Trainer:
                 or controller.ramp() < 1.0):
             return {}
         started = time.perf_counter()
-        windows = self.trim_windows()
         evaluated = self.ema if self.ema is not None else self.model
-        encoded = CodecRunner(evaluated, self.device, rate_config.calibrate_batch).encode(windows)
+        runner = CodecRunner(evaluated, self.device, rate_config.calibrate_batch)
+        windows, posteriors = self.trim_windows(), []
+        while chunk := list(itertools.islice(windows, max(rate_config.calibrate_batch, 1))):  # memory: one batch
+            posteriors += [(e.z, e.std) for e in runner.encode(chunk)]
         self.model.train()
-        trimmed = evaluated.bottleneck.trim_rate([(e.z, e.std) for e in encoded], target)
+        if not posteriors:
+            return {}
+        trimmed = evaluated.bottleneck.trim_rate(posteriors, target)
         if self.ema is not None:
             for kept, buffer in zip(self.model.buffers(), self.ema.buffers()):
                 kept.copy_(buffer)
         self.calibration_seconds += time.perf_counter() - started
         if trimmed is None:
             log.warning("the final rate trim found no shift that reaches the target on %d training clips; the rate "
-                        "is left as trained", len(windows))
+                        "is left as trained", len(posteriors))
             return {}
         return trimmed
 
