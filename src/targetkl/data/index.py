@@ -422,13 +422,13 @@ def index_file(source: str | Path) -> Path:
 def _load_cache(path: Path, source: str) -> dict[str, dict]:
     """Cached rows (entries and skipped files) by path; empty when missing, foreign or damaged."""
     try:
-        lines = path.read_text().splitlines()
-        header = json.loads(lines[0])
-        if header.get("format") != INDEX_FORMAT or header.get("version") != INDEX_VERSION or \
-                header.get("source") != source:
-            return {}
-        return {row["path"]: row for row in map(json.loads, lines[1:]) if "path" in row}
-    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        with open(path) as lines:  # read a line at a time: the file's text is never in memory whole
+            header = json.loads(next(lines))
+            if header.get("format") != INDEX_FORMAT or header.get("version") != INDEX_VERSION or \
+                    header.get("source") != source:
+                return {}
+            return {row["path"]: row for row in map(json.loads, lines) if "path" in row}
+    except (OSError, ValueError, StopIteration, KeyError, TypeError, AttributeError):
         return {}
 
 
@@ -443,6 +443,7 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
         _warn_once(problem)
     cache = index_file(source)
     cached = _load_cache(cache, canonical)
+    cached_count = len(cached)
     rows: dict[str, dict] = {}
     to_probe: list[tuple[dict, tuple[int, int]]] = []
     skipped: dict[str, str] = {}
@@ -453,7 +454,7 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
             skipped[candidate["path"]] = (error.strerror if error.errno == errno.EINVAL
                                           else f"unreadable audio ({error.strerror})")
             continue
-        old = cached.get(candidate["path"])
+        old = cached.pop(candidate["path"], None)  # each cached row is merged once, then freed
         if old is not None and (old.get("size"), old.get("mtime_ns")) == stamp and \
                 old.get("offset") == candidate.get("offset"):
             rows[candidate["path"]] = {**old, **{k: candidate.get(k) for k in ("file", "caption", "label")}}
@@ -469,7 +470,7 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
             skipped[path] = row["reason"]
         else:
             entries.append(IndexEntry.from_json(row))
-    if to_probe or len(rows) != len(cached):
+    if to_probe or len(rows) != cached_count:
         header = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "source": canonical, "kind": kind,
                   "written": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": len(entries), "skipped": len(skipped)}
         body = [json.dumps(header)] + [json.dumps(_drop_none(rows[p])) for p in sorted(rows)]
