@@ -313,3 +313,49 @@ def test_files_that_vanish_during_a_run_are_skipped_and_resume_stays_exact(small
     with pytest.raises(TrainingError, match="max_bad_reads"):
         many.run()
     assert latest_checkpoint(tmp_path / "many") is not None
+
+
+@pytest.mark.parametrize("assignment", ["rate.free_steps=-1", "rate.trim_clips=-1", "data.segment_seconds=1e9",
+                                        "train.lr=inf", "data.max_bad_reads=-1", "model.latent_dim=0"])
+def test_values_that_cannot_work_are_one_line_before_training(small_corpus, tmp_path, capsys, assignment):
+    assert main(["train", "--data", str(small_corpus), "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--set", assignment]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1 and assignment.split("=")[0].split(".")[1] in error
+
+
+@pytest.mark.parametrize("argv", [["eval", "RUN", "--data", "DATA", "--batch-size", "0"],
+                                  ["sanity", "--bits", "-1"], ["generate", "GEN", "a bell", "x.wav", "--cfg", "nan"],
+                                  ["sweep", "--data", "DATA", "--out", "SWEEP", "--kbps", "0"]])
+def test_counts_and_numbers_out_of_range_are_refused_by_the_parser(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own one-line usage error
+        code = stop.code
+    assert code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_running_out_of_memory_is_one_line(small_corpus, tmp_path, capsys, monkeypatch):
+    def too_big(self):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(Trainer, "run", too_big)
+    assert main(["train", "--data", str(small_corpus), "--out", str(tmp_path / "run"), "--steps", "1"]) == 2
+    assert "error: out of memory; lower --batch-size" in capsys.readouterr().err
+
+
+def test_generator_sizes_and_lengths_out_of_range_are_config_errors():
+    from types import SimpleNamespace
+
+    from targetkl.config import ConfigError
+    from targetkl.gen.sample import frames_for
+    from targetkl.gen.train import gen_config
+
+    for assignment in ("width=0", "depth=0", "lr=inf", "cond_drop=1.5"):
+        with pytest.raises(ConfigError):
+            gen_config(assignments=[assignment])
+    generator = SimpleNamespace(description={"frames": 50, "latents_info": {"frame_rate": 50.0}})
+    assert frames_for(generator, 2.0) == 100
+    for seconds in (0.0, 0.001, 1e6):
+        with pytest.raises(ConfigError, match="--seconds"):
+            frames_for(generator, seconds)

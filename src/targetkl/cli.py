@@ -218,9 +218,31 @@ def _float_list(text: str, option: str) -> list[float]:
         values = [float(x) for x in _names(text)]
     except ValueError:
         values = []
-    if not values or not all(math.isfinite(v) for v in values):
-        raise UserError(f"{option} takes comma-separated numbers, e.g. 0.5,1,2; got {text!r}")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise UserError(f"{option} takes comma-separated positive numbers, e.g. 0.5,1,2; got {text!r}")
     return values
+
+
+def _finite_float(text: str) -> float:
+    """An argparse type: a finite number (a guidance scale, a length in seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a batch size, a count of steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _sweep_kbps(args: argparse.Namespace) -> list[float]:
@@ -345,7 +367,7 @@ def _add_gen_arguments(parser: argparse.ArgumentParser, batch: bool) -> None:
 def _add_device_argument(parser: argparse.ArgumentParser, batch: bool = True) -> None:
     parser.add_argument("--device", default=None, help="auto (default: CUDA when present), cpu, cuda or cuda:N")
     if batch:
-        parser.add_argument("--batch-size", type=int, default=16,
+        parser.add_argument("--batch-size", type=_positive_int, default=16,
                             help="clips (or chunks of long files) run through the model at once (default: 16)")
 
 
@@ -369,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "untrained model's.")
     demo.add_argument("--out", default="demo", help="folder for the corpus and runs (default: demo)")
     demo.add_argument("--kbps", default="2", help="comma-separated target bitrates in kbps (default: 2)")
-    demo.add_argument("--steps", type=int, default=None, help="training steps per run (default: the tiny preset's)")
-    demo.add_argument("--clips", type=int, default=300, help="clips in the corpus (default: 300)")
+    demo.add_argument("--steps", type=_positive_int, default=None,
+                      help="training steps per run (default: the tiny preset's)")
+    demo.add_argument("--clips", type=_positive_int, default=300, help="clips in the corpus (default: 300)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
@@ -385,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "spoken by espeak-ng in several voices, the caption being the text (eval and sweep "
                              "then report wer and cer); --seconds and --snr-db apply to sounds only")
     corpus.add_argument("--clips", type=int, default=300, help="number of clips (default: 300)")
-    corpus.add_argument("--seconds", type=float, default=1.0, help="clip length in seconds (default: 1.0)")
+    corpus.add_argument("--seconds", type=_finite_float, default=1.0, help="clip length in seconds (default: 1.0)")
     corpus.add_argument("--sample-rate", type=int, default=16000, help="sample rate in Hz (default: 16000)")
     corpus.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     corpus.add_argument("--snr-db", type=float, default=float("inf"),
@@ -402,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "re-run probes only new or changed files. Files that cannot be used are "
                                        "listed with their reason.")
     index.add_argument("data", help=DATA_HELP)
-    index.add_argument("--workers", type=int, default=None, help="probing processes (default: up to 8)")
+    index.add_argument("--workers", type=_positive_int, default=None, help="probing processes (default: up to 8)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     index.set_defaults(func=cmd_index)
 
@@ -430,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "targetkl.control.register_controller; a wrong name lists them")
     train.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     train.add_argument("--seed", type=int, default=None, help="random seed")
-    train.add_argument("--batch-size", type=int, default=None, help="clips per batch")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="clips per batch")
     train.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
@@ -497,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--controllers", default="target,capacity,pi,lagrange,fixed",
                         help="comma-separated controllers (default: all five)")
     sanity.add_argument("--bits", default="2,6,12", help="target rates in bits per vector (default: 2,6,12)")
-    sanity.add_argument("--steps", type=int, default=3000, help="training steps per model (default: 3000)")
+    sanity.add_argument("--steps", type=_positive_int, default=3000, help="training steps per model (default: 3000)")
     sanity.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     sanity.add_argument("--json", default=None, metavar="FILE",
                         help="also write rows with controller, target_bits, reached_bits, distortion, "
@@ -532,11 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("generator", help="generator folder (from `targetkl gen-train`)")
     generate.add_argument("prompt", help='text, e.g. "a low plucked string note"')
     generate.add_argument("output", help="wav file to write")
-    generate.add_argument("--steps", type=int, default=32, help="Euler sampling steps (default: 32)")
-    generate.add_argument("--cfg", type=float, default=3.0,
+    generate.add_argument("--steps", type=_positive_int, default=32, help="Euler sampling steps (default: 32)")
+    generate.add_argument("--cfg", type=_finite_float, default=3.0,
                           help="guidance scale; 1 = conditional model only (default: 3)")
     generate.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    generate.add_argument("--seconds", type=float, default=None, help="length (default: the training clips' length)")
+    generate.add_argument("--seconds", type=_finite_float, default=None,
+                          help="length (default: the training clips' length)")
     _add_device_argument(generate, batch=False)
     generate.set_defaults(func=cmd_generate)
 
@@ -547,9 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "generation.json/csv/png and a report.html section; names the best bitrate.")
     select.add_argument("--sweep", required=True, help="sweep folder (from `targetkl sweep`)")
     select.add_argument("--data", default=None, help="the audio (default: the one the sweep used)")
-    select.add_argument("--repeats", type=int, default=3, help="generations per held-out caption (default: 3)")
-    select.add_argument("--sample-steps", type=int, default=32, help="Euler sampling steps (default: 32)")
-    select.add_argument("--cfg", type=float, default=3.0, help="guidance scale (default: 3)")
+    select.add_argument("--repeats", type=_positive_int, default=3,
+                        help="generations per held-out caption (default: 3)")
+    select.add_argument("--sample-steps", type=_positive_int, default=32, help="Euler sampling steps (default: 32)")
+    select.add_argument("--cfg", type=_finite_float, default=3.0, help="guidance scale (default: 3)")
     select.add_argument("--embedding", default="judge",
                         help="audio embedding of the Frechet distance: judge (the corpus-trained classifier, default) "
                              "or a name registered with targetkl.gen.evaluate.register_audio_embedder")
@@ -619,6 +644,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         print(str(stop), file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and not _out_of_memory(error):
+            raise
+        print("error: out of memory; lower --batch-size (train.batch_size), data.segment_seconds or the model's "
+              f"sizes ({str(error).splitlines()[0][:120]})", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """torch's CPU allocator and CUDA say 'out of memory' in a RuntimeError."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":

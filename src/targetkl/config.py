@@ -243,6 +243,7 @@ class Config:
         return dataclasses.replace(self, rate=dataclasses.replace(self.rate, free_steps=free, warmup_steps=warmup))
 
 
+MAX_SEGMENT_SECONDS = 60.0  # a training crop longer than this is a typo (the presets crop 0.3-1 s)
 RATE_SCHEDULE_SHARE = 0.5  # the free start and the warmup take at most this share of a run
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -566,8 +567,8 @@ def validate(config: Config) -> None:
             settings.check(f"{parent}.{active}")
     if train.steps < 0 or train.batch_size <= 0 or train.grad_accum <= 0:
         raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
-    if train.lr <= 0:
-        raise ConfigError(f"train.lr={train.lr}: the learning rate must be positive")
+    if not 0 < train.lr < math.inf:
+        raise ConfigError(f"train.lr={train.lr}: the learning rate must be a positive number")
     if train.schedule not in ("constant", "cosine", "exponential"):
         raise ConfigError(f"train.schedule={train.schedule!r}: choose constant, cosine or exponential")
     if train.schedule == "exponential" and not train.min_lr_ratio > 0:
@@ -578,9 +579,18 @@ def validate(config: Config) -> None:
     if rate_config.calibrate_seconds <= 0 or rate_config.calibrate_clips < 0 or rate_config.calibrate_batch < 1:
         raise ConfigError("rate.calibrate_seconds must be positive, rate.calibrate_clips >= 0 and "
                           "rate.calibrate_batch >= 1")
+    if rate_config.free_steps < 0 or rate_config.warmup_steps < 0 or rate_config.trim_clips < 0:
+        raise ConfigError(f"rate.free_steps={rate_config.free_steps}, rate.warmup_steps={rate_config.warmup_steps}, "
+                          f"rate.trim_clips={rate_config.trim_clips}: each must be >= 0")
     _validate_discriminators(config)
-    if not 0 <= config.data.valid_percent < 100:
-        raise ConfigError(f"data.valid_percent={config.data.valid_percent}: must be in [0, 100)")
+    data = config.data
+    if not 0 <= data.valid_percent < 100:
+        raise ConfigError(f"data.valid_percent={data.valid_percent}: must be in [0, 100)")
+    if not 0 <= data.max_bad_reads <= 1:
+        raise ConfigError(f"data.max_bad_reads={data.max_bad_reads}: a share of the training files, in [0, 1]")
+    if data.segment_seconds > MAX_SEGMENT_SECONDS:
+        raise ConfigError(f"data.segment_seconds={data.segment_seconds}: training crops of at most "
+                          f"{MAX_SEGMENT_SECONDS:g} s (the presets use 0.3-1 s)")
 
 
 def with_target_nats(config: Config, nats_per_frame: float | None) -> Config:

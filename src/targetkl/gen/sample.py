@@ -14,7 +14,10 @@ from targetkl.gen.train import LoadedGenerator, load_generator
 from targetkl.models.codec import Codec, model_fingerprint
 from targetkl.inference import CodecRunner, choose_device
 from targetkl.runs import load_run
+from targetkl.config import ConfigError
 from targetkl.train.checkpoint import CheckpointError
+
+MAX_SECONDS = 600.0  # one generated clip; longer is a typo, not a request
 
 
 def decoder_for(generator: LoadedGenerator, device: torch.device | str = "cpu") -> Codec:
@@ -34,9 +37,11 @@ def decoder_for(generator: LoadedGenerator, device: torch.device | str = "cpu") 
 def frames_for(generator: LoadedGenerator, seconds: float | None) -> int:
     if seconds is None:
         return int(generator.description["frames"])
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ConfigError(f"--seconds {seconds}: generate between one latent frame and {MAX_SECONDS:g} s")
     frames = int(round(seconds * float(generator.description["latents_info"]["frame_rate"])))
     if frames < 1:
-        raise ValueError(f"--seconds {seconds}: too short for one latent frame")
+        raise ConfigError(f"--seconds {seconds}: too short for one latent frame")
     return frames
 
 

@@ -84,10 +84,15 @@ def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **fla
         values[key] = coerce(value, field_type(GenConfig, key), key)
     values.update({k: v for k, v in flags.items() if v is not None})
     config = dataclasses.replace(config, **values)
+    if min(config.width, config.depth, config.heads) < 1 or config.frames < 0:
+        raise ConfigError(f"width={config.width}, depth={config.depth}, heads={config.heads}: each must be >= 1 "
+                          f"(and frames={config.frames} >= 0)")
     if config.width % config.heads:
         raise ConfigError(f"width={config.width} must be a multiple of heads={config.heads}")
-    if config.steps < 0 or config.batch_size < 1 or config.lr <= 0:
-        raise ConfigError("steps must be >= 0, batch_size >= 1 and lr > 0")
+    if config.steps < 0 or config.batch_size < 1 or not 0 < config.lr < math.inf:
+        raise ConfigError("steps must be >= 0, batch_size >= 1 and lr a positive number")
+    if not 0 <= config.cond_drop < 1 or not 0 <= config.ema_decay < 1:
+        raise ConfigError(f"cond_drop={config.cond_drop}, ema_decay={config.ema_decay}: each must be in [0, 1)")
     return config
 
 
