@@ -359,3 +359,16 @@ def test_generator_sizes_and_lengths_out_of_range_are_config_errors():
     for seconds in (0.0, 0.001, 1e6):
         with pytest.raises(ConfigError, match="--seconds"):
             frames_for(generator, seconds)
+
+
+def test_export_into_a_folder_that_refuses_writes_is_one_line(trained, small_corpus, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)  # what a read-only folder answers (root ignores chmod)
+    assert main(["export", str(trained), str(tmp_path / "export"), "--data", str(small_corpus),
+                 "--format", "safetensors"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: {tmp_path}: Permission denied\n" and not (tmp_path / "export").exists()
