@@ -38,11 +38,10 @@ def measure(count: int) -> dict:
     rows = synthetic_rows(count, root)
     index._candidates = lambda source, kind: ([{k: r[k] for k in ("path", "file", "caption", "label")}
                                                for r in rows], [])
-    index._stat = lambda candidate: (1000, 1)
+    index._stat = lambda candidate: (1000, 1, (0, hash(candidate["file"])))
     probed = {r["file"]: r for r in rows}
     index._probe_all = lambda candidates, workers, progress: [
         {k: probed[c["file"]][k] for k in ("frames", "sample_rate", "channels", "rms", "peak")} for c in candidates]
-    index._once_each = lambda candidates, problems: candidates
     os.environ["TARGETKL_CACHE"] = tempfile.mkdtemp(prefix="tkl-index-memory-cache-")
     started = time.perf_counter()
     index.ensure_index(root, progress=False)  # cold: writes the cache

@@ -369,29 +369,13 @@ def probe(candidate: dict) -> dict:
     return result
 
 
-def _stat(candidate: dict) -> tuple[int, int]:
-    """``(size, mtime_ns)`` of a regular file; ``OSError`` for anything else (a FIFO would block its reader)."""
+def _stat(candidate: dict) -> tuple[int, int, tuple[int, int]]:
+    """``(size, mtime_ns, (device, inode))`` of a regular file; ``OSError`` for anything else (a FIFO would block
+    its reader)."""
     status = os.stat(candidate["file"])
     if not stat.S_ISREG(status.st_mode):
         raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)")
-    return status.st_size, status.st_mtime_ns
-
-
-def _once_each(candidates: list[dict], problems: list[str]) -> list[dict]:
-    """The candidates with each file (or tar member) once: a source that lists one file under several names (a
-    relative and an absolute path, a link) keeps its first name, with a problem naming the others."""
-    first: dict[tuple[str, int | None], dict] = {}
-    repeated: dict[tuple[str, int | None], list[str]] = {}
-    for candidate in candidates:
-        key = (os.path.realpath(candidate["file"]), candidate.get("offset"))
-        if key in first:
-            repeated.setdefault(key, []).append(candidate["path"])
-        else:
-            first[key] = candidate
-    for key, names in repeated.items():
-        problems.append(f"{first[key]['path']}: listed {len(names) + 1} times (also as {', '.join(names[:3])}"
-                        f"{'...' if len(names) > 3 else ''}); used once")
-    return list(first.values())
+    return status.st_size, status.st_mtime_ns, (status.st_dev, status.st_ino)
 
 
 def default_workers() -> int:
@@ -438,7 +422,6 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
     kind = source_kind(source)
     canonical = canonical_source(source)  # every file below is found from here: absolute, whatever the cwd
     candidates, problems = _candidates(canonical, kind)
-    candidates = _once_each(candidates, problems)
     for problem in problems:
         _warn_once(problem)
     cache = index_file(source)
@@ -447,13 +430,21 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
     rows: dict[str, dict] = {}
     to_probe: list[tuple[dict, tuple[int, int]]] = []
     skipped: dict[str, str] = {}
+    first_name: dict[tuple, str] = {}  # a file (or tar member) listed under several names is used under its first
+    other_names: dict[tuple, list[str]] = {}
     for candidate in candidates:
         try:
-            stamp = _stat(candidate)
+            *stamp, identity = _stat(candidate)
         except OSError as error:
             skipped[candidate["path"]] = (error.strerror if error.errno == errno.EINVAL
                                           else f"unreadable audio ({error.strerror})")
             continue
+        key = (*identity, candidate.get("offset"))
+        if key in first_name:
+            other_names.setdefault(key, []).append(candidate["path"])
+            continue
+        first_name[key] = candidate["path"]
+        stamp = tuple(stamp)
         old = cached.pop(candidate["path"], None)  # each cached row is merged once, then freed
         if old is not None and (old.get("size"), old.get("mtime_ns")) == stamp and \
                 old.get("offset") == candidate.get("offset"):
@@ -479,6 +470,9 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
             write_text_atomic(cache, "\n".join(body) + "\n")
         except OSError as error:
             log.warning("could not cache the index in %s (%s); it will be rebuilt next time", cache, error.strerror)
+    for key, names in other_names.items():
+        _warn_once(f"{first_name[key]}: listed {len(names) + 1} times (also as {', '.join(names[:3])}"
+                   f"{'...' if len(names) > 3 else ''}); used once")
     for path, reason in skipped.items():
         _warn_once(f"skipping {path}: {reason}")
     probed = {candidate["path"] for candidate, _ in to_probe}
