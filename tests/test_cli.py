@@ -1,6 +1,5 @@
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -8,26 +7,46 @@ import soundfile as sf
 
 from targetkl.cli import build_parser, main
 
-SUBCOMMANDS = ["demo", "corpus", "train", "eval", "encode", "decode", "compress", "decompress", "sweep", "controllers",
-               "sanity", "pre-encode", "gen-train", "generate", "select"]
+def _subcommands() -> dict:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
 
 
-def test_help_for_every_subcommand(capsys):
+def test_help_for_every_subcommand_names_its_options(capsys):
+    from targetkl.config import PRESETS
+
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for name in SUBCOMMANDS:
+    subcommands = _subcommands()
+    assert {"demo", "corpus", "index", "train", "eval", "encode", "decode", "compress", "decompress", "sweep",
+            "controllers", "sanity", "export", "pre-encode", "gen-train", "generate", "select"} <= set(subcommands)
+    for name in subcommands:
         assert name in text
-    for name in SUBCOMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([name, "--help"])
         assert exit_info.value.code == 0
-        assert len(capsys.readouterr().out.splitlines()) > 4
+        help_text = capsys.readouterr().out
+        assert help_text.startswith(f"usage: targetkl {name}"), name
+        assert "%%" not in help_text, name  # an escaped percent printed as is
+        for action in subcommands[name]._actions:  # every option is listed with a help text
+            if action.option_strings and action.dest != "help":
+                assert action.option_strings[-1] in help_text and action.help, (name, action.option_strings)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    unwrapped = "".join(capsys.readouterr().out.split())  # argparse wraps lines at hyphens too
+    assert all(preset in unwrapped for preset in PRESETS)
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "targetkl.cli", "--version"], capture_output=True, text=True)
+    import sysconfig
+    from pathlib import Path
+
+    script = Path(sysconfig.get_path("scripts")) / "targetkl"  # where pip put this interpreter's scripts
+    assert script.is_file(), f"no targetkl console script in {script.parent}: pip install -e ."
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, env={"PATH": ""})
     assert result.returncode == 0 and "targetkl" in result.stdout
 
 

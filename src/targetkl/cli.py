@@ -15,7 +15,10 @@ log = logging.getLogger("targetkl")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=None, help="named configuration: tiny (default), base-24k, dac-44k")
+    from targetkl.config import PRESETS
+
+    parser.add_argument("--preset", default=None, choices=list(PRESETS),
+                        help=f"named configuration: {', '.join(PRESETS)} (default: tiny)")
     parser.add_argument("--config", action="append", default=[], metavar="FILE",
                         help="YAML/TOML/JSON file of overrides, e.g. {train: {steps: 500}}; repeatable")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -499,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     controllers = sub.add_parser("controllers", help="compare the rate controllers on real audio at several rates",
                                  description="Train (or reuse) one VAE per controller and target rate, then report "
                                              "the held-out rate against the target, the step from which the "
-                                             "whole-clip training rate stays within 2%% of the target, and the mel "
+                                             "whole-clip training rate stays within 2% of the target, and the mel "
                                              "distance; writes OUT/controllers.json, .csv and a rate-vs-step plot.")
     controllers.add_argument("--data", required=True, help=DATA_HELP)
     controllers.add_argument("--out", required=True, help="output folder (runs are kept and reused)")
@@ -542,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen_train = sub.add_parser("gen-train", help="train the text-to-latent generator (flow matching, CFG)",
                                description="Train a small diffusion transformer with rectified flow matching on "
                                            "pre-encoded latents, conditioned on MiniLM caption embeddings (dropped "
-                                           "10%% of the time for classifier-free guidance). Resumes if GEN has a "
+                                           "10% of the time for classifier-free guidance). Resumes if GEN has a "
                                            "checkpoint.")
     gen_train.add_argument("--latents", required=True, help="folder written by `targetkl pre-encode`")
     gen_train.add_argument("--out", required=True, help="generator folder")
@@ -604,7 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run", help="run folder")
     export.add_argument("out", help="folder to write")
     export.add_argument("--data", required=True, help="the run's training data (for the latent statistics)")
-    export.add_argument("--format", choices=("diffusers", "safetensors"), default="diffusers")
+    export.add_argument("--format", choices=("diffusers", "safetensors"), default="diffusers",
+                        help="diffusers: an AutoencoderOobleck folder (Oobleck runs); safetensors: the state dict, "
+                             "any run (default: diffusers)")
     export.add_argument("--stats-clips", type=int, default=256, help="training clips for the latent statistics")
     export.set_defaults(func=cmd_export)
     return parser
