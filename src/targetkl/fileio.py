@@ -91,6 +91,16 @@ def output_path(path: str | Path) -> Path:
     return path
 
 
+def without_nan(value):
+    """``value`` with every float NaN (in nested dicts and lists too) replaced by ``None``: JSON every reader
+    parses, where the standard would not take NaN."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nan(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
+
+
 def read_json_or_none(path: Path, kind: type = dict):
     """The JSON value in ``path`` if it is a ``kind`` (an object by default), or ``None`` when it is missing,
     unreadable or of another kind (an unfinished or damaged result, to be computed again)."""

@@ -44,6 +44,7 @@ class AudioClip:
     audio: np.ndarray
     caption: str | None = None
     label: str | None = None
+    domain: str | None = None
 
 
 def fit_channels(data: np.ndarray, channels: int) -> np.ndarray:
@@ -224,7 +225,7 @@ class AudioSet:
     def clip(self, index: int) -> AudioClip:
         entry = self.entries[index]
         length = min(self.length(index), int(self.max_seconds * self.sample_rate))
-        return AudioClip(entry.path, self.read(index, 0, length), entry.caption, entry.label)
+        return AudioClip(entry.path, self.read(index, 0, length), entry.caption, entry.label, entry.domain)
 
     def summary(self) -> str:
         reasons = Counter(reason.split(":")[0].split(" (")[0] for reason in self.skipped.values())

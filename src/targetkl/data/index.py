@@ -72,6 +72,7 @@ class IndexEntry:
     mtime_ns: int
     caption: str | None = None
     label: str | None = None
+    domain: str | None = None  # music, speech, effects...: metrics are reported per domain where a source has them
     offset: int | None = None
     member_size: int | None = None
     warning: str | None = None
@@ -173,7 +174,7 @@ def _read_jsonl(path: Path, need_caption: bool) -> tuple[list[dict], list[str]]:
         except ValueError as error:
             problems.append(f"{path}:{number}: bad caption line ({error})")
             continue
-        for key in ("caption", "label"):
+        for key in ("caption", "label", "domain"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 problems.append(f"{path}:{number}: its {key} is not text; the audio is used without it")
                 row[key] = None
@@ -196,7 +197,7 @@ def _read_csv(path: Path, need_caption: bool) -> tuple[list[dict], list[str]]:
                                     f"{' or caption' if need_caption else ''})")
                     continue
                 rows.append({"path": row[key], "caption": row.get("caption") or None,
-                             "label": row.get("label") or None})
+                             "label": row.get("label") or None, "domain": row.get("domain") or None})
         except csv.Error as error:  # a NUL byte, a field over the csv module's limit
             problems.append(f"{path}:{reader.line_num}: unreadable CSV ({error}); the rows from here on are left out, "
                             "fix the file")
@@ -227,7 +228,7 @@ def _candidates(source: str, kind: str) -> tuple[list[dict], list[str]]:
             relative = file.relative_to(root).as_posix()
             meta = captions.get(relative) or captions.get(Path(relative).stem) or {}
             rows.append({"path": relative, "file": str(file), "caption": meta.get("caption"),
-                         "label": meta.get("label")})
+                         "label": meta.get("label"), "domain": meta.get("domain")})
         return rows, problems
     if kind == "manifest":
         manifest = Path(source)
@@ -274,18 +275,20 @@ def _shard_members(shard: str, name: str, problems: list[str]) -> list[dict]:
         stem, suffix = os.path.splitext(member.name)
         if suffix.lower() not in AUDIO_EXTENSIONS:
             continue
-        caption = label = None
+        caption = label = domain = None
         if stem in texts:
             kind, text = texts[stem]
             if kind == ".json":
                 try:
                     meta = json.loads(text)
-                    caption, label = meta.get("caption") or meta.get("text"), meta.get("label")
+                    caption, label, domain = meta.get("caption") or meta.get("text"), meta.get("label"), \
+                        meta.get("domain")
                 except (ValueError, AttributeError):
                     problems.append(f"{shard}#{stem}.json: bad JSON")
             else:
                 caption = text.strip() or None
         rows.append({"path": f"{name}#{member.name}", "file": shard, "caption": caption, "label": label,
+                     "domain": domain if isinstance(domain, str) else None,
                      "offset": member.offset_data, "member_size": member.size})
     return rows
 
@@ -448,7 +451,7 @@ def ensure_index(source: str | Path, workers: int | None = None, progress: bool 
         old = cached.pop(candidate["path"], None)  # each cached row is merged once, then freed
         if old is not None and (old.get("size"), old.get("mtime_ns")) == stamp and \
                 old.get("offset") == candidate.get("offset"):
-            rows[candidate["path"]] = {**old, **{k: candidate.get(k) for k in ("file", "caption", "label")}}
+            rows[candidate["path"]] = {**old, **{k: candidate.get(k) for k in ("file", "caption", "label", "domain")}}
         else:
             to_probe.append((candidate, stamp))
     if to_probe:

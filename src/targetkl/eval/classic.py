@@ -138,12 +138,12 @@ def _to_rate(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 
 
 def run_classic(codec_name: str, setting: str, clips: list[np.ndarray], sample_rate: int,
-                max_delay_seconds: float = 0.1) -> tuple[list[np.ndarray], int]:
+                max_delay_seconds: float = 0.1, sizes: list[int] | None = None) -> tuple[list[np.ndarray], int]:
     """Code each clip (``(samples,)`` floats at ``sample_rate``) with one codec setting.
 
     Returns the decoded clips, resampled to ``sample_rate`` and aligned with one delay for the setting
     (the median of the per-clip cross-correlation lags, so one noisy clip cannot misalign it), and the
-    total payload bytes over all clips.
+    total payload bytes over all clips; each clip's payload bytes are appended to ``sizes`` when given.
     """
     codec = CLASSIC_CODECS[codec_name]
     codec.check_tools()
@@ -158,6 +158,8 @@ def run_classic(codec_name: str, setting: str, clips: list[np.ndarray], sample_r
             decoded, rate_out = sf.read(str(decoded_path), dtype="float64")
             decoded_clips.append(_to_rate(decoded, rate_out, sample_rate))
             payload += size
+            if sizes is not None:
+                sizes.append(size)
     max_lag = int(max_delay_seconds * sample_rate)
     lags = [best_lag(np.asarray(a, dtype=np.float64), d, max_lag) for a, d in zip(clips, decoded_clips)]
     lag = int(statistics.median(lags))

@@ -10,11 +10,15 @@ from targetkl import rate
 from targetkl.config import Config
 from targetkl.data import load_folder
 from targetkl.data.index import canonical_source
+from targetkl.fileio import without_nan
 from targetkl.eval.asr import recognizer_for
 from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
 from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
+
+
+DOMAIN_KEYS = ("rate_kbps", "mel_distance", "si_sdr", "pesq", "stoi", "visqol")  # printed per domain
 
 
 def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptual: bool = True,
@@ -48,17 +52,23 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, perceptual: bool = T
 
 
 def to_json(result: dict) -> str:
-    """JSON with NaN written as null, so every reader can parse it."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
-    return json.dumps(clean, indent=2)
+    """JSON with NaN written as null (also inside ``by_domain``), so every reader can parse it."""
+    return json.dumps(without_nan(result), indent=2)
+
+
+def _interval(result: dict, key: str, digits: int = 4) -> str:
+    low, high = result.get(f"{key}_lo"), result.get(f"{key}_hi")
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f"  [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def format_result(result: dict) -> str:
     lines = []
     if result.get("target_kbps") is not None:
         lines.append(f"target rate   {result['target_kbps']:.4f} kbps")
-    lines.append(f"measured rate {result['rate_kbps']:.4f} kbps  (held-out, {result['clips']} clips, "
-                 f"{result['frame_rate']:g} Hz frames)")
+    lines.append(f"measured rate {result['rate_kbps']:.4f} kbps{_interval(result, 'rate_kbps')}  (held-out, "
+                 f"{result['clips']} clips, {result['frame_rate']:g} Hz frames)")
     if result.get("rate_error_percent") is not None:
         lines.append(f"rate error    {result['rate_error_percent']:+.2f} %")
     if result.get("off_target"):
@@ -69,10 +79,15 @@ def format_result(result: dict) -> str:
         value = result.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             note = f"  ({unscored[key]} of {result['clips']} clips could not be scored)" if unscored.get(key) else ""
-            lines.append(f"{key:<13} {value:.4f}{note}")
+            lines.append(f"{key:<13} {value:.4f}{_interval(result, key)}{note}")
     if "si_sdr" in result:
         pooled = "; wer and cer are pooled over clips" if "wer" in result else ""
-        lines.append(f"(si_sdr is the median over clips{pooled}; the rest are means)")
+        lines.append(f"(si_sdr is the median over clips{pooled}; the rest are means; [95% bootstrap interval "
+                     "over clips])")
+    for domain, values in (result.get("by_domain") or {}).items():
+        shown = ", ".join(f"{key} {values[key]:.3f}{_interval(values, key, 3)}" for key in DOMAIN_KEYS
+                          if isinstance(values.get(key), float) and math.isfinite(values[key]))
+        lines.append(f"{domain} ({values['clips']} clips): {shown}")
     use = result.get("latent_use")
     if use is not None and use < LATENT_UNUSED_BELOW:
         lines.append(f"warning: the decoder ignores its latent (latent_use {use:.3f} < "

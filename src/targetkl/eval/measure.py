@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from targetkl import rate
 from targetkl.data import AudioClip
-from targetkl.eval.metrics import AGGREGATION, aggregate_metrics, clip_metrics, mel_distance, unscored_counts
+from targetkl.eval.metrics import (AGGREGATION, aggregate_metrics, bootstrap_draws, clip_metrics, mel_distance,
+                                   ratio_with_interval, unscored_counts)
 from targetkl.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SECONDS, CodecRunner
 from targetkl.models.codec import Codec
 
@@ -57,38 +58,57 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
     ``wer_original``, ``cer_original``, pooled over clips).
     """
     runner = CodecRunner(model, device, batch_size)
-    total_bits, total_frames, rows = 0.0, 0, []
-    between_decodes, between_inputs = 0.0, 0.0
+    bits, frames, domains, rows = [], [], [], []
+    between_decodes, between_inputs = [], []  # per neighbouring pair of clips, for latent_use
     first = previous = None
     bar = tqdm(total=len(clips), desc="evaluating", disable=not progress, leave=False)
     for batch in _clip_batches(clips, batch_size, int(MAX_BATCH_SECONDS * model.sample_rate)):
         decoded, encoded = runner.reconstruct([clip.audio for clip in batch])
         for clip, decode, code in zip(batch, decoded, encoded):
             audio = clip.audio
-            total_bits += float(code.bits_per_frame.sum())
-            total_frames += code.frames
+            bits.append(float(code.bits_per_frame.sum()))
+            frames.append(code.frames)
+            domains.append(getattr(clip, "domain", None))
             rows.append(clip_metrics(audio, decode, model.sample_rate, perceptual))
             if recognizer is not None and clip.caption:
                 rows[-1].update(recognizer.clip_errors(clip.caption, audio, decode, model.sample_rate, clip.path))
             if previous is not None:
                 decodes, inputs = _pair_distances(previous, (audio, decode), model.sample_rate)
-                between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs
+                between_decodes.append(decodes)
+                between_inputs.append(inputs)
             first = first or (audio, decode)
             previous = (audio, decode)
         bar.update(len(batch))
     bar.close()
     if len(rows) >= 2:
         decodes, inputs = _pair_distances(previous, first, model.sample_rate)
-        between_decodes, between_inputs = between_decodes + decodes, between_inputs + inputs
-    use = between_decodes / between_inputs if len(rows) >= 2 and between_inputs > 0 else math.nan
-    bits_per_frame = total_bits / max(total_frames, 1)
-    result = {"rate_kbps": rate.bits_per_frame_to_kbps(bits_per_frame, model.frame_rate),
-              "bits_per_frame": bits_per_frame, "frame_rate": model.frame_rate, "clips": len(rows),
-              "latent_use": use}
+        between_decodes.append(decodes)
+        between_inputs.append(inputs)
+    bits, frames = np.array(bits), np.array(frames, dtype=np.float64)
+    result = {**_rate(bits, frames, model.frame_rate), "frame_rate": model.frame_rate, "clips": len(rows)}
+    result.update(ratio_with_interval("latent_use", np.array(between_decodes), np.array(between_inputs),
+                                      bootstrap_draws(len(between_inputs))))
+    if len(rows) < 2:
+        result["latent_use"] = math.nan
     result.update(aggregate_metrics(rows))
     result["aggregation"] = {key: AGGREGATION[key] for key in result if key in AGGREGATION}
     result["unscored"] = unscored_counts(rows)
-    return {k: (v if not (isinstance(v, float) and math.isnan(v)) else math.nan) for k, v in result.items()}
+    if any(domain is not None for domain in domains):
+        result["by_domain"] = {}
+        for domain in sorted({d for d in domains if d is not None}):
+            chosen = [i for i, d in enumerate(domains) if d == domain]
+            result["by_domain"][domain] = {**_rate(bits[chosen], frames[chosen], model.frame_rate),
+                                           "clips": len(chosen), **aggregate_metrics([rows[i] for i in chosen])}
+    return result
+
+
+def _rate(bits: np.ndarray, frames: np.ndarray, frame_rate: float) -> dict[str, float]:
+    """``rate_kbps`` (all bits over all frames), its 95% bootstrap interval over clips, and ``bits_per_frame``."""
+    pooled = ratio_with_interval("bits_per_frame", bits, frames, bootstrap_draws(len(bits)))
+    return {"rate_kbps": rate.bits_per_frame_to_kbps(pooled["bits_per_frame"], frame_rate),
+            "rate_kbps_lo": rate.bits_per_frame_to_kbps(pooled["bits_per_frame_lo"], frame_rate),
+            "rate_kbps_hi": rate.bits_per_frame_to_kbps(pooled["bits_per_frame_hi"], frame_rate),
+            "bits_per_frame": pooled["bits_per_frame"]}
 
 
 def _clip_batches(clips: Sequence[AudioClip], batch_size: int, max_samples: int):

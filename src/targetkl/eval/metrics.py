@@ -185,21 +185,61 @@ POOLED = {"wer": ("wer_edits", "wer_words"), "cer": ("cer_edits", "cer_chars"),
           "wer_original": ("wer_original_edits", "wer_words"), "cer_original": ("cer_original_edits", "cer_chars")}
 
 
+BOOTSTRAP_DRAWS = 1000  # resamples of the clips for each 95% interval
+BOOTSTRAP_SEED = 0  # the same resamples every time: an interval is a pure function of the clips' values
+
+
 def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     """One value per metric over clips, each aggregated as ``AGGREGATION`` says (NaN, a metric a clip could
-    not score, is left out; NaN if no clip could be scored). Pooled metrics read their per-clip counts."""
+    not score, is left out; NaN if no clip could be scored). Pooled metrics read their per-clip counts.
+
+    Beside each ``<metric>``: ``<metric>_lo`` and ``<metric>_hi``, the 95% percentile-bootstrap interval of the
+    same aggregate over ``BOOTSTRAP_DRAWS`` resamples of the clips (NaN with fewer than two clips)."""
     keys = {k for row in rows for k in row}
     counts = {count for pair in POOLED.values() for count in pair}
+    draws = bootstrap_draws(len(rows))
     out = {}
     for key, (edits_key, total_key) in POOLED.items():
         scored = [row for row in rows if edits_key in row]
         if scored:
-            total = sum(row[total_key] for row in scored)
-            out[key] = sum(row[edits_key] for row in scored) / total if total else math.nan
+            edits = np.array([row[edits_key] for row in scored], dtype=np.float64)
+            totals = np.array([row[total_key] for row in scored], dtype=np.float64)
+            out.update(ratio_with_interval(key, edits, totals, bootstrap_draws(len(scored))))
     for key in sorted(keys - counts):
-        values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
-        average = np.median if key == "si_sdr" else np.mean
-        out[key] = float(average(values)) if values else math.nan
+        values = np.array([row.get(key, math.nan) for row in rows], dtype=np.float64)
+        values[~np.isfinite(values)] = np.nan
+        average = np.nanmedian if key == "si_sdr" else np.nanmean
+        scored = np.isfinite(values)
+        out[key] = float(average(values[scored])) if scored.any() else math.nan
+        out[f"{key}_lo"], out[f"{key}_hi"] = math.nan, math.nan
+        if draws is not None and scored.sum() >= 2:
+            resampled = values[draws]
+            usable = np.isfinite(resampled).any(axis=1)
+            with np.errstate(all="ignore"):
+                estimates = average(resampled[usable], axis=1)
+            out[f"{key}_lo"], out[f"{key}_hi"] = (float(v) for v in np.percentile(estimates, [2.5, 97.5]))
+    return out
+
+
+def bootstrap_draws(count: int) -> np.ndarray | None:
+    """``(BOOTSTRAP_DRAWS, count)`` clip indices drawn with replacement (fixed seed); ``None`` under two clips."""
+    if count < 2:
+        return None
+    return np.random.default_rng(BOOTSTRAP_SEED).integers(0, count, (BOOTSTRAP_DRAWS, count))
+
+
+def ratio_with_interval(key: str, numerators: np.ndarray, denominators: np.ndarray,
+                        draws: np.ndarray | None) -> dict[str, float]:
+    """``{key: sum(numerators) / sum(denominators), key_lo, key_hi}``: a pooled ratio (a rate in bits per frame,
+    a word error rate) and its 95% bootstrap interval over the clips."""
+    total = float(denominators.sum())
+    out = {key: float(numerators.sum()) / total if total else math.nan, f"{key}_lo": math.nan, f"{key}_hi": math.nan}
+    if draws is not None:
+        with np.errstate(all="ignore"):
+            estimates = numerators[draws].sum(axis=1) / denominators[draws].sum(axis=1)
+        estimates = estimates[np.isfinite(estimates)]
+        if estimates.size:
+            out[f"{key}_lo"], out[f"{key}_hi"] = (float(v) for v in np.percentile(estimates, [2.5, 97.5]))
     return out
 
 

@@ -16,15 +16,18 @@ import os
 from pathlib import Path
 
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
+from targetkl import rate
 from targetkl.rate import OFF_TARGET_PERCENT
 
 METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer")
 SPEECH_REFERENCE = ("wer_original", "cer_original")  # the recognizer's error on the originals (speech sources)
 ROW_METRICS = METRICS + SPEECH_REFERENCE
+INTERVAL = ("_lo", "_hi")  # the 95% bootstrap interval over clips beside each aggregate
+ROW_KEYS = tuple(key + suffix for key in ROW_METRICS for suffix in ("", *INTERVAL))  # a row's metric columns
 HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
-COLUMNS = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "file_kbps",
-           "latent_values_per_second",
-           *ROW_METRICS, "latent_use", "run")
+COLUMNS = ("system", "label", "domain", "target_kbps", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
+           "rate_error_percent", "off_target", "file_kbps", "latent_values_per_second", *ROW_KEYS, "latent_use",
+           "latent_use_lo", "latent_use_hi", "run")
 TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
 SYSTEM_NAMES = {"vae": "target-KL VAE", "vae-oobleck": "target-KL VAE, Oobleck", "vae-dac": "target-KL VAE, DAC",
                 "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
@@ -38,6 +41,30 @@ def _has_value(value) -> bool:
 def rate_rows(rows: list[dict]) -> list[dict]:
     """Rows that have a measured bitrate (everything but the plain autoencoders)."""
     return [r for r in rows if _has_value(r.get("rate_kbps"))]
+
+
+def pooled_rows(rows: list[dict]) -> list[dict]:
+    """The rows measured over all held-out clips (``domain`` absent or ``all``), not one domain's."""
+    return [r for r in rows if r.get("domain", "all") == "all"]
+
+
+def with_domain_rows(rows: list[dict]) -> list[dict]:
+    """``rd.json``'s rows from the sweep's: where the source has domains, each row gets ``domain: all`` and is
+    followed by one row per domain (its ``by_domain`` values, with their rate error and off-target flag)."""
+    if not any(r.get("by_domain") for r in rows):
+        return [{k: v for k, v in r.items() if k != "by_domain"} for r in rows]
+    expanded = []
+    for row in rows:
+        pooled = {k: v for k, v in row.items() if k != "by_domain"}
+        expanded.append({**pooled, "domain": "all"})
+        for domain, values in (row.get("by_domain") or {}).items():
+            one = {**{k: pooled.get(k) for k in ("system", "label", "target_kbps", "run", "step")}, "domain": domain,
+                   **values}
+            one["rate_error_percent"] = rate.rate_error_percent(one.get("rate_kbps"), one.get("target_kbps"))
+            one["off_target"] = pooled.get("controlled", True) and rate.off_target(one.get("rate_kbps"),
+                                                                                    one.get("target_kbps"))
+            expanded.append(one)
+    return expanded
 
 
 def write_csv(path: Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
@@ -69,24 +96,31 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
     import matplotlib.pyplot as plt
 
     rated = rate_rows(rows)
+    domains = list(dict.fromkeys(r["domain"] for r in rated if r.get("domain", "all") != "all"))
     metrics = [m for m in METRICS if any(_has_value(r.get(m)) for r in rated)]
-    columns = min(3, max(1, len(metrics)))
-    lines = math.ceil(len(metrics) / columns) if metrics else 1
+    panels = [(metric, "all") for metric in metrics] + [("mel_distance", domain) for domain in domains
+                                                         if "mel_distance" in metrics]
+    columns = min(3, max(1, len(panels)))
+    lines = math.ceil(len(panels) / columns) if panels else 1
     figure, axes = plt.subplots(lines, columns, figsize=(5 * columns, 3.8 * lines), squeeze=False)
     systems = list(dict.fromkeys(r["system"] for r in rated))
-    for axis, metric in zip(axes.flat, metrics):
+    for axis, (metric, domain) in zip(axes.flat, panels):
+        shown = [r for r in rated if r.get("domain", "all") == domain]
         for system in systems:
-            points = sorted((r["rate_kbps"], r[metric]) for r in rated
+            points = sorted((r["rate_kbps"], r[metric], r.get(f"{metric}_lo"), r.get(f"{metric}_hi")) for r in shown
                             if r["system"] == system and _has_value(r.get(metric)))
             if points:
                 style = {"beta": "s--", "tkl": "^:"}.get(system, "o-")
-                axis.plot(*zip(*points), style, label=SYSTEM_NAMES.get(system, system),
-                          linewidth=2 if system == TARGET_KL_SYSTEM else 1)
-        missed = [(r["rate_kbps"], r[metric]) for r in rated if r.get("off_target") and _has_value(r.get(metric))]
+                x, y = [p[0] for p in points], [p[1] for p in points]
+                low = [p[1] - p[2] if _has_value(p[2]) else 0.0 for p in points]
+                high = [p[3] - p[1] if _has_value(p[3]) else 0.0 for p in points]
+                axis.errorbar(x, y, yerr=[low, high], fmt=style, capsize=3, label=SYSTEM_NAMES.get(system, system),
+                              linewidth=2 if system == TARGET_KL_SYSTEM else 1)
+        missed = [(r["rate_kbps"], r[metric]) for r in shown if r.get("off_target") and _has_value(r.get(metric))]
         if missed:
             axis.plot(*zip(*missed), "x", color="red", markersize=12, markeredgewidth=2,
                       label=f"off target (> {OFF_TARGET_PERCENT:g}% from its target rate)")
-        originals = [r[f"{metric}_original"] for r in rated if _has_value(r.get(f"{metric}_original"))]
+        originals = [r[f"{metric}_original"] for r in shown if _has_value(r.get(f"{metric}_original"))]
         if originals:
             axis.axhline(float(sum(originals) / len(originals)), linestyle=":", color="gray",
                          label="original audio (the recognizer's own error)")
@@ -94,11 +128,12 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
         axis.set_xscale("log")
         axis.set_xlabel("measured rate (kbps, held-out)")
         better = "higher is better" if metric in HIGHER_IS_BETTER else "lower is better"
-        axis.set_title(f"{metric} ({better})")
+        where = "" if domain == "all" else f", {domain} only"
+        axis.set_title(f"{metric}{where} ({better}; bars: 95% interval)", fontsize=10)
         axis.grid(True, which="both", alpha=0.3)
-    for axis in list(axes.flat)[len(metrics):]:
+    for axis in list(axes.flat)[len(panels):]:
         axis.axis("off")
-    if metrics:
+    if panels:
         axes.flat[0].legend(fontsize=8)
     return figure_png(figure)
 
@@ -114,9 +149,22 @@ def _format(value, digits: int = 3) -> str:
 
 
 def _table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """An HTML table; a metric column is shown with its 95% interval (``<metric>_lo``, ``<metric>_hi``) when the
+    row has one."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_format(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_format(r.get(c))}{_interval_text(r, c)}</td>" for c in columns) + "</tr>"
+                   for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _interval_text(row: dict, column: str) -> str:
+    low, high = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+    if not (_has_value(low) and _has_value(high)):
+        return ""
+    return f"<br><small>[{low:.3f}, {high:.3f}]</small>"
+
+
+INTERVAL_COLUMNS = METRICS  # shown with their intervals below each value
 
 
 def _audio_tag(path: str, out: Path) -> str:
@@ -150,9 +198,11 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
 
 
 def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None) -> str:
+    domain_rows = [r for r in rows if r.get("domain", "all") != "all"]
+    rows = pooled_rows(rows)
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
     rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "file_kbps",
-                    *METRICS)
+                    *INTERVAL_COLUMNS)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Every number is measured on the same held-out clips. Learned codecs: rate = KL (VAE) or "
@@ -163,7 +213,12 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
              "<h2>Systems with a bitrate</h2>", _table(rated, rate_columns)]
     if autoencoders:
         parts += ["<h2>Plain autoencoders (no honest bitrate: float latents)</h2>",
-                  _table(autoencoders, ("system", "label", "latent_values_per_second", *METRICS))]
+                  _table(autoencoders, ("system", "label", "latent_values_per_second", *INTERVAL_COLUMNS))]
+    for domain in dict.fromkeys(r["domain"] for r in domain_rows):
+        parts += [f"<h2>Domain: {html.escape(domain)} (its held-out clips only)</h2>",
+                  _table([r for r in domain_rows if r["domain"] == domain],
+                         ("system", "label", "clips", "target_kbps", "rate_kbps", "rate_error_percent", "off_target",
+                          *INTERVAL_COLUMNS))]
     parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
     if generation:
         parts.append(_generation_section(generation, out))
@@ -209,7 +264,7 @@ def _generation_section(generation: dict, out: Path) -> str:
 def write_report(out: Path, rows: list[dict], originals: list[str], preset: str, data: str) -> None:
     """Write ``rd.csv``, ``rd.json``, ``rd.png``, ``sweep.json`` (preset and data) and ``report.html``."""
     out.mkdir(parents=True, exist_ok=True)
-    public = [{k: v for k, v in r.items() if k != "perceptual"} for r in rows]
+    public = [{k: v for k, v in r.items() if k != "perceptual"} for r in with_domain_rows(rows)]
     write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
     from targetkl.eval.metrics import AGGREGATION
 

@@ -29,13 +29,13 @@ from targetkl.config import Config, resolve
 from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import write_example_clips
 from targetkl.eval.asr import recognizer_for
-from targetkl.eval.classic import CLASSIC_CODECS, payload_kbps, run_classic
+from targetkl.eval.classic import CLASSIC_CODECS, run_classic
 from targetkl.eval.measure import measure_rate_and_distortion
-from targetkl.eval.metrics import aggregate_metrics, clip_metrics
-from targetkl.eval.report import ROW_METRICS, TARGET_KL_SYSTEM, write_report
+from targetkl.eval.metrics import aggregate_metrics, bootstrap_draws, clip_metrics, ratio_with_interval
+from targetkl.eval.report import ROW_KEYS, TARGET_KL_SYSTEM, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
-from targetkl.fileio import read_json_or_none, write_text_atomic
+from targetkl.fileio import read_json_or_none, without_nan, write_text_atomic
 from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
 
@@ -180,9 +180,10 @@ class Sweep:
         self.perceptual, self.progress = perceptual, progress
         self.device_name, self.device, self.batch_size = device, choose_device(device), batch_size
         self.base = resolve(preset, self.files, self.assignments)
-        self.held_out: list[AudioClip] = load_folder(
-            self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
-            self.base.data.loudness_dbfs, progress=False, channels=self.base.model.audio_channels).clips
+        held_out = load_folder(self.data, self.base.model.sample_rate, "held_out", self.base.data.valid_percent,
+                               self.base.data.loudness_dbfs, progress=False, channels=self.base.model.audio_channels)
+        self.held_out: list[AudioClip] = held_out.clips
+        self.domains = [entry.domain for entry in held_out.entries]  # each held-out clip's, in order
         self.example_clips = self.held_out[:example_clips]
         self.recognizer = recognizer_for(self.data)  # speech sources: wer and cer of every system
         self.trained: list[str] = []
@@ -215,43 +216,63 @@ class Sweep:
         loaded = load_run(run, self.device)
         sample_rate = loaded.config.model.sample_rate
         runner = CodecRunner(loaded.model, batch_size=self.batch_size)
-        payload_bits, file_bytes, decoded = 0, 0, []
+        payload_bits, file_bytes, decoded = [], 0, []
         for clip in self.held_out:
             data, _ = compress(loaded.model, clip.audio, loaded.config.data.loudness_dbfs, runner)
             audio, header = decompress(loaded.model, data, runner=runner)
-            payload_bits += 32 * header.payload_words
+            payload_bits.append(32 * header.payload_words)
             file_bytes += len(data)
             decoded.append(audio)
         seconds = sum(audio.shape[-1] for audio in decoded) / sample_rate
-        rate_kbps = payload_bits / seconds / 1000
-        row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps, "rate_kbps": rate_kbps,
+        row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps,
                "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(f"tkl-{point.label}", decoded, sample_rate),
-               **self._distortion(decoded, sample_rate)}
+               **self._distortion(decoded, sample_rate, payload_bits)}
         return _save_row(cache, self._placed(row, f"tkl-{point.label}", run))
 
-    def _placed(self, row: dict, audio_name: str, run: Path | None = None) -> dict:
+    def _placed(self, row: dict, audio_name: str, run: Path | None = None, controlled: bool = True) -> dict:
         """``row`` with its paths in this sweep folder as it is now (absolute: ``rd.json`` names the same files from
         any working folder, also for a cached row written before the folder moved), its rate error and whether
-        that is off target (``rate.off_target``)."""
+        that is off target (``rate.off_target``; never for a classic codec, whose nominal rate is its own setting,
+        not a target the toolkit controls: ``controlled`` False)."""
         row["audio"] = [str(self.out / "audio" / audio_name / Path(p).name) for p in row.get("audio") or []]
         if run is not None:
             row["run"] = str(run)
         row["rate_error_percent"] = rate.rate_error_percent(row.get("rate_kbps"), row.get("target_kbps"))
-        row["off_target"] = rate.off_target(row.get("rate_kbps"), row.get("target_kbps"))
+        row["controlled"] = controlled
+        row["off_target"] = controlled and rate.off_target(row.get("rate_kbps"), row.get("target_kbps"))
         return row
 
-    def _distortion(self, decoded: list[np.ndarray], sample_rate: int) -> dict[str, float]:
+    def _distortion(self, decoded: list[np.ndarray], sample_rate: int,
+                    bits: list[float] | None = None) -> dict[str, float]:
         """Each metric in ``METRICS`` over the held-out clips against their decoded versions, aggregated as
-        ``metrics.AGGREGATION`` says (SI-SDR: the median)."""
-        rows = []
+        ``metrics.AGGREGATION`` says (SI-SDR: the median), with its 95% interval; with each clip's payload
+        ``bits``, also ``rate_kbps`` and its interval. Where the source gives clips a domain, the same per domain
+        under ``by_domain``."""
+        rows, seconds = [], []
         for clip, audio in zip(self.held_out, decoded):
             rows.append(clip_metrics(clip.audio, audio, sample_rate, self.perceptual))
+            seconds.append(clip.audio.shape[-1] / sample_rate)
             if self.recognizer is not None and clip.caption:
                 rows[-1].update(self.recognizer.clip_errors(clip.caption, clip.audio, audio, sample_rate, clip.path))
-        metrics = aggregate_metrics(rows)
-        return {k: metrics[k] for k in ROW_METRICS if k in metrics}
+
+        def measured(chosen: list[int]) -> dict:
+            metrics = aggregate_metrics([rows[i] for i in chosen])
+            out = {k: metrics[k] for k in ROW_KEYS if k in metrics}
+            if bits is not None:
+                pooled = ratio_with_interval("bps", np.array([bits[i] for i in chosen], dtype=np.float64),
+                                             np.array([seconds[i] for i in chosen]), bootstrap_draws(len(chosen)))
+                out.update({f"rate_kbps{s}": pooled[f"bps{s}"] / 1000 for s in ("", "_lo", "_hi")})
+            return out
+
+        result = measured(list(range(len(rows))))
+        if any(domain is not None for domain in self.domains):
+            result["by_domain"] = {
+                domain: {"clips": len(chosen), **measured(chosen)}
+                for domain in sorted({d for d in self.domains if d is not None})
+                for chosen in [[i for i, d in enumerate(self.domains) if d == domain]]}
+        return result
 
     def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:
         """Write the decoded versions of the example clips (the first held-out ones) under ``audio/name``."""
@@ -279,9 +300,14 @@ class Sweep:
                "rate_kbps": result["rate_kbps"], "step": loaded.step,
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, config.model.sample_rate),
-               "latent_use": result["latent_use"], **{k: result[k] for k in ROW_METRICS if k in result}}
+               **{k: result[k] for k in ("rate_kbps_lo", "rate_kbps_hi", "latent_use", "latent_use_lo",
+                                         "latent_use_hi", *ROW_KEYS) if k in result}}
+        if "by_domain" in result:
+            row["by_domain"] = {domain: {k: values[k] for k in ("clips", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
+                                                                 *ROW_KEYS) if k in values}
+                                for domain, values in result["by_domain"].items()}
         if not point.rated:
-            row["rate_kbps"] = None
+            row["rate_kbps"] = row["rate_kbps_lo"] = row["rate_kbps_hi"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         row.update(point.row)
         return _save_row(cache, self._placed(row, point.name, run))
@@ -297,18 +323,17 @@ class Sweep:
         if (_usable(cached) and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)
                 and cached.get("clips") == len(self.held_out)):
-            return self._placed(cached, point.name)
+            return self._placed(cached, point.name, controlled=False)
         sample_rate = self.base.model.sample_rate
         audio = [clip.audio for clip in self.held_out]
-        decoded, payload = run_classic(point.system, point.setting, audio, sample_rate)
-        measured = payload_kbps(payload, sum(a.shape[-1] for a in audio), sample_rate)
+        sizes: list[int] = []
+        decoded, payload = run_classic(point.system, point.setting, audio, sample_rate, sizes=sizes)
         row = {"system": point.system, "label": point.label, "target_kbps": point.target_kbps,
-               "rate_kbps": measured,
                "payload_bytes": payload, "clips": len(audio), "perceptual": self.perceptual,
                "speech": self.recognizer is not None,
                "audio": self._examples(point.name, decoded, sample_rate),
-               **self._distortion(decoded, sample_rate)}
-        return _save_row(cache, self._placed(row, point.name))
+               **self._distortion(decoded, sample_rate, [8 * size for size in sizes])}
+        return _save_row(cache, self._placed(row, point.name, controlled=False))
 
     def run(self, points: list[SweepPoint]) -> list[dict]:
         rows = []
@@ -336,7 +361,7 @@ def _save_row(cache: Path, row: dict) -> dict:
 
 
 def _clean(row: dict) -> dict:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return without_nan(row)
 
 
 def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: list[str], preset: str = "tiny",

@@ -57,7 +57,8 @@ def vae_rows(sweep: Path) -> list[dict]:
     rows = read_json_or_none(sweep / "rd.json", list)
     if rows is None:
         raise SweepError(f"{sweep}/rd.json: not found or damaged; run `targetkl sweep --out {sweep}` (again) first")
-    vaes = [r for r in rows if isinstance(r, dict) and r.get("system") == TARGET_KL_SYSTEM]
+    vaes = [r for r in rows if isinstance(r, dict) and r.get("system") == TARGET_KL_SYSTEM
+            and r.get("domain", "all") == "all"]  # one row per VAE: the pooled one, not its domains
     if any(not isinstance(r.get("rate_kbps"), (int, float)) or not isinstance(r.get("label"), str)
            or not isinstance(r.get("run"), str) for r in vaes):
         raise SweepError(f"{sweep}/rd.json: a VAE row lacks its rate_kbps, label or run; run `targetkl sweep --out "
