@@ -135,3 +135,19 @@ def test_the_real_corpus_script_lays_out_three_domains(tmp_path):
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "other"), "--deb", str(broken)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_perceptual_metrics_of_a_long_clip_score_bounded_windows(monkeypatch):
+    from targetkl.eval import metrics
+
+    seen = []
+    for name in ("pesq_score", "stoi_score", "visqol_score"):
+        monkeypatch.setattr(metrics, name, lambda reference, estimate, rate, name=name: seen.append(
+            (name, len(reference))) or (2.0 if name == "pesq_score" else math.nan))
+    rate = 16000
+    long_clip = np.random.default_rng(0).normal(0, 0.1, 125 * rate).astype(np.float32)
+    values = metrics.clip_metrics(long_clip, long_clip, rate, perceptual=True)
+    assert [length for name, length in seen if name == "pesq_score"] == [10 * rate] * 3  # three windows of 10 s
+    assert values["pesq"] == 2.0 and math.isnan(values["visqol"])  # the mean of the windows that scored
+    assert metrics.perceptual_windows(25 * rate, rate) == [(0, 10 * rate), (15 * rate, 25 * rate)]
+    assert metrics.perceptual_windows(3 * rate, rate) == [(0, 3 * rate)]

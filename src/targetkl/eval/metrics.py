@@ -2,7 +2,10 @@
 
 ``mel_distance``, ``stft_distance`` and ``si_sdr`` use fixed settings (independent of any training
 config) so runs and codecs are compared on the same scale. PESQ (wide-band, 16 kHz) and STOI run on
-16 kHz resampled audio; ViSQOL runs in speech mode at 16 kHz or in audio mode at 48 kHz.
+16 kHz resampled audio; ViSQOL runs in speech mode at 16 kHz or in audio mode at 48 kHz. On a clip longer than
+``PERCEPTUAL_WINDOW_SECONDS`` the three perceptual metrics score at most ``PERCEPTUAL_MAX_WINDOWS`` windows of that
+length, evenly spaced from its start to its end, and take their mean: their cost is bounded per clip (ViSQOL's
+search over a 5-minute track took over 6 minutes), the other metrics still see the whole clip.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ STFT_WINDOWS = (256, 512, 1024, 2048)
 SPEECH_RATE = 16000
 VISQOL_MIN_SECONDS = 1.0
 MIN_SAMPLES = max(MEL_WINDOWS + STFT_WINDOWS)
+PERCEPTUAL_WINDOW_SECONDS = 10.0
+PERCEPTUAL_MAX_WINDOWS = 3
 
 
 @functools.lru_cache(maxsize=8)
@@ -168,10 +173,23 @@ def clip_metrics(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
               "stft_distance": stft_distance(reference, estimate),
               "si_sdr": si_sdr_db(reference, estimate)}
     if perceptual:
-        values["pesq"] = pesq_score(reference, estimate, sample_rate)
-        values["stoi"] = stoi_score(reference, estimate, sample_rate)
-        values["visqol"] = visqol_score(reference, estimate, sample_rate)
+        windows = perceptual_windows(reference.shape[-1], sample_rate)
+        for name, score in (("pesq", pesq_score), ("stoi", stoi_score), ("visqol", visqol_score)):
+            scores = [score(reference[start:stop], estimate[start:stop], sample_rate) for start, stop in windows]
+            finite = [value for value in scores if math.isfinite(value)]
+            values[name] = float(np.mean(finite)) if finite else math.nan
     return values
+
+
+def perceptual_windows(length: int, sample_rate: int) -> list[tuple[int, int]]:
+    """``[(start, stop)]`` sample ranges the perceptual metrics score on a clip of ``length`` samples: the whole
+    clip up to ``PERCEPTUAL_WINDOW_SECONDS``, else up to ``PERCEPTUAL_MAX_WINDOWS`` windows of that length, evenly
+    spaced from the start to the end."""
+    window = int(PERCEPTUAL_WINDOW_SECONDS * sample_rate)
+    if length <= window:
+        return [(0, length)]
+    count = min(PERCEPTUAL_MAX_WINDOWS, length // window)
+    return [(int(start), int(start) + window) for start in np.linspace(0, length - window, count)]
 
 
 AGGREGATION = {"mel_distance": "mean over clips", "stft_distance": "mean over clips",
