@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from targetkl import rate
 from targetkl.eval.classic import (CLASSIC_CODECS, CodecToolError, best_lag, encode_decode, ogg_packet_sizes,
-                                   opus_payload_bytes, payload_kbps, run_classic, shift)
+                                   opus_payload_bytes, run_classic, shift)
 
 RATE = 16000
 
@@ -38,7 +39,7 @@ def test_ogg_packets_are_split_by_lacing_values_across_pages():
 def test_opus_rate_counts_audio_packets_only(tmp_path):
     clips = [tone(1.0, seed) for seed in range(3)]
     decoded, payload = run_classic("opus", "12", clips, RATE)
-    measured = payload_kbps(payload, sum(len(c) for c in clips), RATE)
+    measured = rate.payload_kbps(payload, sum(len(c) for c in clips) / RATE)
     assert 9.0 < measured < 16.0
     assert all(len(d) == len(c) for d, c in zip(decoded, clips))
     sf.write(str(tmp_path / "in.wav"), clips[0], RATE, subtype="PCM_16")
@@ -54,13 +55,13 @@ def test_mp3_is_constant_bitrate_without_tags():
     _, payload = run_classic("mp3", "16", clips, RATE)
     frames = payload // 72
     assert payload == 72 * frames
-    assert 16.0 <= payload_kbps(payload, RATE, RATE) < 16.0 * 1.25
+    assert 16.0 <= rate.payload_kbps(payload, 1.0) < 16.0 * 1.25
 
 
 def test_codec2_1300_spends_seven_bytes_per_40_ms():
     _, payload = run_classic("codec2", "1300", [tone(1.0)], RATE)
     assert payload == 25 * 7
-    assert payload_kbps(payload, RATE, RATE) == pytest.approx(1.4)
+    assert rate.payload_kbps(payload, 1.0) == pytest.approx(1.4)
     assert CLASSIC_CODECS["codec2"].nominal_kbps("700C") == pytest.approx(0.7)
 
 

@@ -109,7 +109,7 @@ def rate_matched_steps(mean: torch.Tensor, std: torch.Tensor, kl_nats: torch.Ten
     for first in range(0, mean.shape[0], block):
         part = slice(first, first + block)
         base = quantization_steps(std[part])
-        budget = kl_nats[part].double().sum(dim=-1) / math.log(2)
+        budget = rate.nats_to_bits(kl_nats[part].double().sum(dim=-1))
         low = torch.full_like(base, -1.0)
         high = torch.full_like(base, 1.0)
         for _ in range(iterations):
@@ -327,7 +327,8 @@ def compress_file(model: Codec, audio_path: str | Path, out_path: str | Path, lo
     payload_bits = 32 * header.payload_words
     report = {"input": str(audio_path), "output": str(out_path), "seconds": seconds, "frames": header.frames,
               "kl_kbps": rate.bits_per_frame_to_kbps(details["kl_bits_per_frame"], model.frame_rate),
-              "payload_kbps": payload_bits / seconds / 1000, "file_kbps": 8 * len(data) / seconds / 1000,
+              "payload_kbps": rate.payload_kbps(payload_bits / 8, seconds),
+              "file_kbps": rate.payload_kbps(len(data), seconds),
               "payload_bytes": payload_bits // 8, "file_bytes": len(data)}
     return CompressedFile(report, z, details["mean"], gain)
 

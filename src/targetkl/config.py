@@ -299,7 +299,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
                  "adversarial": True},
         "data": {"segment_seconds": 0.5},
-        "rate": {"target_kbps": 320 * 40 / math.log(2) / 1000, "free_steps": 10000, "warmup_steps": 10000,
+        "rate": {"target_kbps": rate.nats_per_frame_to_kbps(320, 40), "free_steps": 10000, "warmup_steps": 10000,
                  "calibrate_every": 100, "calibrate_clips": 32, "calibrate_seconds": 5.0, "calibrate_batch": 8},
         "train": {"steps": 400000, "batch_size": 12, "lr": 1e-4, "schedule": "exponential",
                   "warmup_steps": 0, "grad_clip": 1000.0, "ema_decay": 0.999, "checkpoint_every": 5000,

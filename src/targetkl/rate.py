@@ -90,3 +90,7 @@ def off_target_text(rate_kbps: float, target_kbps: float) -> str:
     return (f"off target: the measured rate {rate_kbps:.4g} kbps is {rate_error_percent(rate_kbps, target_kbps):+.1f}% "
             f"from the {target_kbps:g} kbps target (more than {OFF_TARGET_PERCENT:g}%); train longer (--steps) "
             "or check the run's rate settings")
+
+
+def bps_to_kbps(bits_per_second: float) -> float:
+    return bits_per_second / 1000.0

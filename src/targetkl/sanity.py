@@ -26,8 +26,8 @@ from tqdm import tqdm
 from targetkl.bottlenecks.gaussian import GaussianBottleneck
 from targetkl.config import ConfigError, RateConfig
 from targetkl.control import CONTROLLERS, build_controller
+from targetkl.rate import bits_to_nats, nats_to_bits
 
-LN2 = math.log(2.0)
 DEFAULT_VARIANCES = tuple(4.0 * 0.5 ** i for i in range(8))
 
 # Each controller brings its settings for this source (``KLController.sanity_settings``): distortion is
@@ -92,7 +92,7 @@ def train_one(controller: str, target_bits: float, config: SanityConfig) -> dict
     variances = torch.tensor(config.variances, dtype=torch.float64)
     rate = RateConfig(controller=controller, scope="batch", edge_frames=0, free_steps=0,
                       warmup_steps=config.steps // 20).with_settings(**CONTROLLERS[controller].sanity_settings)
-    model = LinearGaussianVAE(len(variances), rate, target_bits * LN2)
+    model = LinearGaussianVAE(len(variances), rate, bits_to_nats(target_bits))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(step, config.steps) / config.steps)))
@@ -107,7 +107,7 @@ def train_one(controller: str, target_bits: float, config: SanityConfig) -> dict
     with torch.no_grad():
         x = _source(generator, variances, config.eval_samples)
         decoded, encoded = model(x)
-        reached_bits = float(encoded.kl_nats_per_frame.double().mean()) / LN2
+        reached_bits = nats_to_bits(float(encoded.kl_nats_per_frame.double().mean()))
         distortion = float((decoded - x).double().pow(2).sum(dim=1).mean())
     shannon, _ = reverse_water_filling(config.variances, reached_bits)
     return {"controller": controller, "target_bits": target_bits, "reached_bits": reached_bits,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from targetkl import rate
 from targetkl.bottlenecks.base import Bottleneck, BottleneckOutput
 from targetkl.control import KLController
 
-LN2 = math.log(2.0)
 
 
 def gaussian_kl_per_value(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -134,5 +133,5 @@ class GaussianBottleneck(Bottleneck):
         penalty = self.controller(kl)
         metrics = {"latent/mean_std": mean.detach().std(), "latent/posterior_std": std.detach().mean(),
                    **self.controller.all_metrics()}
-        return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=kl / LN2, codes=None, penalty=penalty,
-                                metrics=metrics, mean=mean, std=std)
+        return BottleneckOutput(z=z, kl_nats_per_frame=kl, bits_per_frame=rate.nats_to_bits(kl), codes=None,
+                                penalty=penalty, metrics=metrics, mean=mean, std=std)

@@ -164,8 +164,3 @@ def run_classic(codec_name: str, setting: str, clips: list[np.ndarray], sample_r
     lags = [best_lag(np.asarray(a, dtype=np.float64), d, max_lag) for a, d in zip(clips, decoded_clips)]
     lag = int(statistics.median(lags))
     return [shift(d, lag, len(a)) for a, d in zip(clips, decoded_clips)], payload
-
-
-def payload_kbps(payload_bytes: int, total_samples: int, sample_rate: int) -> float:
-    """Measured rate: ``8 * bytes / seconds / 1000``."""
-    return 8.0 * payload_bytes / (total_samples / sample_rate) / 1000.0

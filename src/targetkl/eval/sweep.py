@@ -98,7 +98,7 @@ def rvq_layout(kbps: float, frame_rate: float) -> tuple[int, int]:
 
     Prefers the largest codebook of at most ``2**10`` entries that divides the bits per frame evenly.
     """
-    bits = kbps * 1000 / frame_rate
+    bits = rate.kbps_to_bits_per_frame(kbps, frame_rate)
     for codebook_bits in range(RVQ_MAX_CODEBOOK_BITS, 0, -1):
         codebooks = bits / codebook_bits
         if abs(codebooks - round(codebooks)) < 1e-9 and round(codebooks) >= 1:
@@ -225,7 +225,7 @@ class Sweep:
             decoded.append(audio)
         seconds = sum(audio.shape[-1] for audio in decoded) / sample_rate
         row = {"system": "tkl", "label": point.label, "target_kbps": point.target_kbps,
-               "file_kbps": 8 * file_bytes / seconds / 1000, "run": str(run), "step": step,
+               "file_kbps": rate.payload_kbps(file_bytes, seconds), "run": str(run), "step": step,
                "perceptual": self.perceptual, "speech": self.recognizer is not None,
                "audio": self._examples(f"tkl-{point.label}", decoded, sample_rate),
                **self._distortion(decoded, sample_rate, payload_bits)}
@@ -263,7 +263,7 @@ class Sweep:
             if bits is not None:
                 pooled = ratio_with_interval("bps", np.array([bits[i] for i in chosen], dtype=np.float64),
                                              np.array([seconds[i] for i in chosen]), bootstrap_draws(len(chosen)))
-                out.update({f"rate_kbps{s}": pooled[f"bps{s}"] / 1000 for s in ("", "_lo", "_hi")})
+                out.update({f"rate_kbps{s}": rate.bps_to_kbps(pooled[f"bps{s}"]) for s in ("", "_lo", "_hi")})
             return out
 
         result = measured(list(range(len(rows))))

@@ -357,7 +357,7 @@ class Trainer:
         whole_clip_kl = total_nats / max(sum(e.frames for e in encoded), 1)
         controller.calibrate(whole_clip_kl, rate_config.calibrate_gain)
         self.calibration_seconds += time.perf_counter() - started
-        kbps = rate.bits_per_frame_to_kbps(whole_clip_kl / math.log(2), self.model.frame_rate)
+        kbps = rate.nats_per_frame_to_kbps(whole_clip_kl, self.model.frame_rate)
         return {"rate/calibration_kbps": kbps, "control/offset_nats": float(controller.offset)}
 
     def trim_windows(self) -> Iterator[np.ndarray]:
