@@ -1,16 +1,15 @@
-"""Issue acceptance on the real demo corpus with the tiny preset and its default step count.
+"""Acceptance on the real demo corpus with the tiny preset and its default step count.
 
-One rate-distortion sweep (`targetkl sweep`, issue 3) trains the target-KL VAEs at 0.1, 0.5 and 2 kbps
+One rate-distortion sweep (`targetkl sweep`) trains the target-KL VAEs at 0.1, 0.5 and 2 kbps
 with the RVQ and fixed-beta baselines and codes the same held-out clips with Opus; the core checks of
-issue 2, the rate-control checks of issue 4 and the bitstream checks of issue 6 read the same runs.
-About 45 minutes on two CPU cores here (58 with the select below).
+training, rate control and the .tkl bitstream read the same runs.
+About 45 minutes on two CPU cores (58 with the select below).
 
 The rates are where the tiny model at 1000 steps is rate-limited: its held-out mel distance falls
-from 0.1 to 0.5 to 2 kbps (measured 0.867 / 0.680 / 0.643) and is flat above (0.658 at both 2 and
-8 kbps in an earlier clean-clone CI run of this sweep at 0.5 / 2 / 8 kbps), so the curve is checked
+from 0.1 to 0.5 to 2 kbps and is flat above (docs/low-rates.md), so the curve is checked
 where more bits can show.
 
-Issue 5: `targetkl select` trains the tiny generator on each of the three VAEs (about 13 minutes more here).
+`targetkl select` trains the tiny generator on each of the three VAEs (about 13 minutes more).
 """
 
 import json
@@ -77,7 +76,7 @@ def test_every_target_lands_within_five_percent_in_order(vae):
 
 
 def test_default_lagrange_control_lands_within_one_percent_on_held_out_audio(vae):
-    """Issue 4: the default controller (lagrange, per clip) meets every target on the held-out clips to 1%
+    """The default controller (lagrange, per clip) meets every target on the held-out clips to 1%
     (measured: -0.54% / +0.12% / +0.07% at 0.1 / 0.5 / 2 kbps with the noise ramp and tiny's LR decaying
     to zero; before them one machine gave +5.8% at 0.1 kbps and another lost that latent)."""
     for target in TARGETS:
@@ -105,7 +104,7 @@ def test_sweep_report_is_complete_and_every_baseline_is_accounted(sweep, vae):
 
 
 def test_tkl_files_are_the_size_the_kl_promised(sweep, vae, demo_corpus, tmp_path):
-    """Issue 6: compress every held-out clip with each run. Its KL matches the held-out rate, and the payload
+    """Compress every held-out clip with each run. Its KL matches the held-out rate, and the payload
     is within 10% of the KL plus the one 32-bit word that closes each file (worth 0.032 kbps on a 1 s
     clip: +32% at 0.1 kbps, which is why the 10% itself is checked on all held-out clips joined into one
     file). Quantizing costs little from 0.5 kbps up: the decompressed audio's mel distance to the input is
@@ -142,7 +141,7 @@ def test_tkl_files_are_the_size_the_kl_promised(sweep, vae, demo_corpus, tmp_pat
 
 
 def test_the_vae_curve_falls_with_rate(vae):
-    """Issue 3: more bits, less distortion. Each step up in rate lowers the held-out mel distance by more
+    """More bits, less distortion. Each step up in rate lowers the held-out mel distance by more
     than 1% (measured: 0.793 / 0.715 / 0.692, steps of 9.8% and 3.2%; before the noise ramp 0.867 /
     0.680 / 0.643 on one machine)."""
     mel = [vae[target]["mel_distance"] for target in TARGETS]
@@ -164,7 +163,7 @@ def selection(sweep):
 
 
 def test_select_names_a_bitrate_whose_generations_beat_random_latents(sweep, selection):
-    """Issue 5: select over the sweep's three VAEs; the chosen VAE's generated audio is recognized as the
+    """Select over the sweep's three VAEs; the chosen VAE's generated audio is recognized as the
     prompt's class far more often than random latents decoded by the same VAE (chance is 1/7).
 
     The judge (a small CNN trained here) bounds what text match can show: the VAE's own reconstructions

@@ -155,7 +155,7 @@ def _one_line_refusal(capsys, argv, *expected):
 
 
 def test_hostile_configs_paths_and_latents_are_one_line_errors(trained_run, small_corpus, tmp_path, capsys):
-    # issue 19, point 4: each of these used to end in a traceback
+    # each of these is one line, never a traceback
     out = str(tmp_path / "r")
     train = ["train", "--data", str(small_corpus), "--out", out, "-q"]
     yaml_file, toml_file = tmp_path / "steps.yaml", tmp_path / "lr.toml"
@@ -200,7 +200,6 @@ def test_hostile_configs_paths_and_latents_are_one_line_errors(trained_run, smal
 
 
 def test_wrong_but_usable_inputs_are_refused_or_warned(small_corpus, tmp_path, capsys, caplog):
-    # issue 19, point 5
     _one_line_refusal(capsys, ["train", "--data", str(small_corpus), "--out", str(tmp_path / "nan"),
                                "--target-kbps", "nan", "-q"], "target_kbps")
     assert not (tmp_path / "nan" / "config.json").exists()

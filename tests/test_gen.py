@@ -1,4 +1,4 @@
-"""Text-to-sound stage (issue 5): shapes, sampler determinism, guidance, standardization, metrics, and
+"""Text-to-sound stage: shapes, sampler determinism, guidance, standardization, metrics, and
 pre-encode -> gen-train -> generate through the command line."""
 
 import json

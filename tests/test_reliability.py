@@ -1,4 +1,4 @@
-"""Issue 7: odd data, crashes and untrusted files lose nothing and let nothing in.
+"""Odd data, crashes and untrusted files lose nothing and let nothing in.
 
 Fault injection kills a real `targetkl train` subprocess with SIGKILL at random moments and checks that
 every kill leaves a loadable checkpoint and that the finished run equals an uninterrupted one; the fuzz
@@ -210,7 +210,7 @@ def test_a_crash_inside_prune_or_replace_leaves_only_complete_step_folders(tmp_p
 
 
 def test_a_second_training_on_a_busy_run_folder_is_refused(small_corpus, tmp_path):
-    """Issue 19: two processes on one --out once mixed their metrics and deleted each other's checkpoint
+    """Two processes on one --out must not mix their metrics or delete each other's checkpoint
     folders. The second is refused at once, naming the folder and the first's pid; the first finishes
     undisturbed (and equals a run that trained alone). A killed holder leaves no stale lock: the SIGKILL
     test resumes after every kill."""
@@ -255,7 +255,7 @@ def test_the_run_lock_is_held_while_training_and_given_back(tmp_path):
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_same_command_resumes(small_corpus, tmp_path,
                                                                                   monkeypatch):
-    """Issue 19: ENOSPC while writing a checkpoint: a CheckpointError saying so, the partial checkpoint
+    """ENOSPC while writing a checkpoint: a CheckpointError saying so, the partial checkpoint
     removed (the space given back), the last complete one intact; once there is room the same training
     resumes from it and ends equal to a run that never ran out of space."""
     import errno

@@ -1,4 +1,4 @@
-"""Issue 18: the corpus index, streamed crops, chunked and batched inference, short audio, the paper preset."""
+"""The corpus index, streamed crops, chunked and batched inference, short audio, the paper preset."""
 
 from __future__ import annotations
 

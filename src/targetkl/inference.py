@@ -3,7 +3,7 @@
 Long audio is cut into chunks of ``chunk_frames`` latent frames. Each chunk is processed with
 ``context`` frames of its neighbours on both sides (the codec's receptive field, computed from its
 layers by :func:`receptive_field_frames`) and only its own frames are kept, so the chunked latent and
-audio equal the whole-file ones up to float rounding (``tests/test_inference.py`` checks 1e-5). Pieces
+audio equal the whole-file ones up to float rounding (``tests/test_scale.py`` checks 1e-5). Pieces
 of the same length, from one file or many, run as one batch of at most ``batch_size``; batching changes
 only float rounding, never which samples a frame sees.
 

@@ -5,9 +5,9 @@ Clip ``i`` depends only on ``(seed, i)``; asking for more clips extends the same
 
 ``snr_db`` optionally lays each clip over a recording noise floor: white noise that many dB below the
 clip's RMS, as a microphone and room leave (off by default, so the clips are digital silence where no
-instrument sounds). In silence the log-mel distance, whose floor is 1e-5, scores mostly a decoder's
-faint noise: 40% of the tiny model's distortion at 8 kbps, more at high rates than at low ones, which
-hides a rate-distortion curve. With ``snr_db=50`` that share is equal at every rate.
+instrument sounds). In silence the log-mel distance, whose floor is 1e-5, scores mostly a decoder's faint
+noise, more at high rates than at low ones, which hides a rate-distortion curve; with ``snr_db=50`` that share
+is equal at every rate (the measurement: ``docs/experiments.md``).
 """
 
 from __future__ import annotations
