@@ -296,10 +296,6 @@ class Trainer:
             totals["rate/target_kbps"] = config.rate.target_kbps
         return totals
 
-    def local_crops(self, micro_step: int) -> torch.Tensor:
-        """This process's slice of the global batch of crops for ``micro_step``."""
-        return self.crop_batches[micro_step][0].to(self.device)
-
     def _note_bad_reads(self, failed: list[str]) -> None:
         """Count crops whose file could not be read (each file named once in the log); stop the run when more
         than ``data.max_bad_reads`` of the training files have failed."""
