@@ -164,9 +164,6 @@ def _interval_text(row: dict, column: str) -> str:
     return f"<br><small>[{low:.3f}, {high:.3f}]</small>"
 
 
-INTERVAL_COLUMNS = METRICS  # shown with their intervals below each value
-
-
 def _audio_tag(path: str, out: Path) -> str:
     return f'<audio controls preload="metadata" src="{html.escape(os.path.relpath(path, out))}"></audio>'
 
@@ -202,7 +199,7 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
     rows = pooled_rows(rows)
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
     rate_columns = ("system", "label", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "file_kbps",
-                    *INTERVAL_COLUMNS)
+                    *METRICS)
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
              "<p>Every number is measured on the same held-out clips. Learned codecs: rate = KL (VAE) or "
@@ -213,12 +210,12 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
              "<h2>Systems with a bitrate</h2>", _table(rated, rate_columns)]
     if autoencoders:
         parts += ["<h2>Plain autoencoders (no honest bitrate: float latents)</h2>",
-                  _table(autoencoders, ("system", "label", "latent_values_per_second", *INTERVAL_COLUMNS))]
+                  _table(autoencoders, ("system", "label", "latent_values_per_second", *METRICS))]
     for domain in dict.fromkeys(r["domain"] for r in domain_rows):
         parts += [f"<h2>Domain: {html.escape(domain)} (its held-out clips only)</h2>",
                   _table([r for r in domain_rows if r["domain"] == domain],
                          ("system", "label", "clips", "target_kbps", "rate_kbps", "rate_error_percent", "off_target",
-                          *INTERVAL_COLUMNS))]
+                          *METRICS))]
     parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
     if generation:
         parts.append(_generation_section(generation, out))
