@@ -4,21 +4,29 @@
     z = vae.encode(audio, sample_rate=44100)         # (batch, latent_dim, frames), posterior mean
     audio_out = vae.decode(z)                        # (batch, 1, frames * hop) at vae.sample_rate
     scaled = (z - vae.latent_mean[:, None]) / vae.latent_std[:, None]   # for a diffusion model
+    mean, std = vae.posterior(audio, 44100)          # both (batch, latent_dim, frames)
+    kbps = vae.rate(audio, 44100)                    # what the clip costs, as `targetkl eval` measures it
+    data = vae.compress(audio, 44100)                # .tkl bytes; vae.decompress(data) -> (channels, samples)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import soxr
 import torch
 
+from targetkl import rate
 from targetkl.config import Config, from_dict
 from targetkl.data.audio import fit_channels, gain_for_level
 from targetkl.errors import UserError
+from targetkl.inference import CodecRunner
 from targetkl.models.codec import Codec, build_codec
+
+log = logging.getLogger("targetkl")
 
 
 class LoadError(UserError, ValueError):
@@ -30,8 +38,9 @@ class Autoencoder:
 
     ``sample_rate`` (Hz) and ``frame_rate`` (latent frames per second); ``rate_kbps``: the measured
     held-out rate (``None`` when none was measured); ``latent_stats``: ``{"mean", "std"}`` per channel
-    over training clips (an export has them; a run folder has ``None``), also as ``latent_mean`` and
-    ``latent_std`` tensors; ``loudness_dbfs``: the RMS level the model was trained at.
+    over training clips (an export measures them on ``--stats-clips`` clips; a run folder holds those
+    measured at its checkpoint, ``latent_stats.json``), also as ``latent_mean`` and ``latent_std`` tensors
+    (``None`` without statistics); ``loudness_dbfs``: the RMS level the model was trained at.
     """
 
     def __init__(self, model: Codec, config: Config, rate_kbps: float | None = None,
@@ -98,6 +107,46 @@ class Autoencoder:
         return mean + encoded.std * noise
 
     @torch.no_grad()
+    def posterior(self, audio, sample_rate: int, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Audio -> ``(mean, std)``, each ``(batch, latent_dim, frames)`` on ``self.device``: the posterior
+        q(z|x) = N(mean, std^2) per value. ``std`` is ``None`` for a deterministic bottleneck (rvq, ae)."""
+        x = self.model.pad(self._prepare(audio, sample_rate, normalize).to(self.device))
+        encoded = self.model.encode(x)
+        return (encoded.mean if encoded.mean is not None else encoded.z), encoded.std
+
+    def rate(self, audio, sample_rate: int, normalize: bool = True) -> float:
+        """What the audio costs in kbps: ``frame_rate * mean bits per frame / 1000`` over every frame of every
+        clip, from the KL (a VAE; the bottleneck's bits otherwise) in eval mode with the final rate trim
+        applied, as ``targetkl eval`` measures held-out audio (one clip: the number eval gives that clip)."""
+        prepared = self._prepare(audio, sample_rate, normalize).numpy()
+        clips = [clip[0] if self.audio_channels == 1 else clip for clip in prepared]
+        encoded = CodecRunner(self.model, self.device).encode(clips)
+        bits = sum(float(item.bits_per_frame.sum()) for item in encoded)
+        frames = sum(item.frames for item in encoded)
+        return rate.bits_per_frame_to_kbps(bits / frames, self.frame_rate)
+
+    def compress(self, audio, sample_rate: int) -> bytes:
+        """One clip (``(samples,)`` or ``(channels, samples)``) -> the bytes of a ``.tkl`` file, as ``targetkl
+        compress`` writes it (the loudness gain goes into the header). A Gaussian (vae) run only."""
+        from targetkl.bitstream import compress
+
+        prepared = self._prepare(audio, sample_rate, normalize=False)
+        if len(prepared) != 1:
+            raise ValueError(f"audio of {len(prepared)} clips: compress one clip at a time")
+        clip = prepared[0].numpy()
+        data, _ = compress(self.model, clip[0] if self.audio_channels == 1 else clip, self.loudness_dbfs,
+                           CodecRunner(self.model, self.device))
+        return data
+
+    def decompress(self, data: bytes) -> torch.Tensor:
+        """``.tkl`` bytes -> audio ``(audio_channels, samples)`` at ``sample_rate``, as ``targetkl decompress``
+        decodes them (``BitstreamError`` for damaged bytes or bytes of another model)."""
+        from targetkl.bitstream import decompress
+
+        audio, _ = decompress(self.model, bytes(data), runner=CodecRunner(self.model, self.device))
+        return torch.from_numpy(np.asarray(audio, dtype=np.float32).reshape(self.audio_channels, -1))
+
+    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(batch, latent_dim, frames)`` -> audio ``(batch, audio_channels, frames * hop)`` at
         ``sample_rate``. ``ValueError`` for latents of another shape or holding NaN/Inf."""
@@ -117,12 +166,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     if info_file.is_file():
         return _load_export(path, info_file, device)
     if (path / "config.json").is_file():
+        from targetkl.export import measured_rate
+        from targetkl.latent_stats import FILE_NAME, read_run_statistics
         from targetkl.runs import load_run
 
         loaded = load_run(path, "cpu")
-        from targetkl.export import measured_rate
-
-        return Autoencoder(loaded.model, loaded.config, measured_rate(path, loaded.step), None, device)
+        stats = read_run_statistics(path, loaded.step)
+        if stats is not None:
+            _check_stats(stats, loaded.model.latent_dim, path / FILE_NAME)
+        else:
+            log.warning("%s: no latent statistics for step %d (training writes them at each checkpoint); "
+                        "latent_mean and latent_std are None: export the run with `targetkl export` to measure "
+                        "them", path / FILE_NAME, loaded.step)
+        return Autoencoder(loaded.model, loaded.config, measured_rate(path, loaded.step), stats, device)
     raise LoadError(f"{path}: neither a run folder (config.json and checkpoints/) nor an export (targetkl.json)")
 
 

@@ -196,6 +196,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     max_bad_steps: int = 20
+    log_audio_clips: int = 4  # held-out clips whose audio and spectrograms go to TensorBoard at each checkpoint
 
 
 @dataclass
@@ -567,6 +568,8 @@ def validate(config: Config) -> None:
             settings.check(f"{parent}.{active}")
     if train.steps < 0 or train.batch_size <= 0 or train.grad_accum <= 0:
         raise ConfigError("train.steps must be >= 0, train.batch_size and train.grad_accum >= 1")
+    if train.log_audio_clips < 0:
+        raise ConfigError(f"train.log_audio_clips={train.log_audio_clips}: must be >= 0 (0 logs no audio)")
     if not 0 < train.lr < math.inf:
         raise ConfigError(f"train.lr={train.lr}: the learning rate must be a positive number")
     if train.schedule not in ("constant", "cosine", "exponential"):

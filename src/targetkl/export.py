@@ -26,14 +26,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.torch import save_file
 
 from targetkl.config import Config
 from targetkl.data import load_folder
+from targetkl.latent_stats import latent_statistics
 from targetkl.errors import UserError
 from targetkl.fileio import fsync_dir, fsync_file, umask_mode
-from targetkl.inference import CodecRunner
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
 
@@ -69,26 +68,14 @@ def check_diffusers(config: Config, codec: Codec, run: Path) -> None:
                           "export with --format safetensors")
 
 
-@torch.no_grad()
-def latent_statistics(model: Codec, config: Config, data: str | Path, clips: int = STATS_CLIPS,
-                      seed: int = 0) -> dict:
-    """Per-channel mean and std of the posterior means over up to ``clips`` training clips (drawn with
-    ``seed``), every frame weighted equally: ``{"mean": [D], "std": [D], "clips": n, "frames": F}``."""
+def training_statistics(model: Codec, config: Config, data: str | Path, clips: int = STATS_CLIPS,
+                        seed: int = 0) -> dict:
+    """:func:`~targetkl.latent_stats.latent_statistics` over up to ``clips`` whole training clips (``seed``)."""
     train = load_folder(data, config.model.sample_rate, "train", config.data.valid_percent,
                         config.data.loudness_dbfs, progress=False, channels=config.model.audio_channels)
     chosen = np.random.default_rng(seed).permutation(len(train.clips))[:clips]
-    encoded = CodecRunner(model).encode([train.clips[int(i)].audio for i in chosen])
-    total = torch.zeros(model.latent_dim, dtype=torch.float64)
-    squares = torch.zeros(model.latent_dim, dtype=torch.float64)
-    frames = 0
-    for item in encoded:
-        z = item.z.double()
-        total += z.sum(dim=-1)
-        squares += z.pow(2).sum(dim=-1)
-        frames += z.shape[-1]
-    mean = total / max(frames, 1)
-    std = (squares / max(frames, 1) - mean.pow(2)).clamp_min(0).sqrt()
-    return {"mean": mean.tolist(), "std": std.tolist(), "clips": len(chosen), "frames": frames}
+    stats = latent_statistics(model, [train.clips[int(i)].audio for i in chosen])
+    return {key: stats[key] for key in ("mean", "std", "clips", "frames")}
 
 
 def measured_rate(run: Path, step: int) -> float | None:
@@ -142,7 +129,7 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
             "sample_rate": model.sample_rate, "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
             "loudness_dbfs": config.data.loudness_dbfs, "target_kbps": config.rate.target_kbps,
             "rate_kbps": rate_kbps if rate_kbps is not None and math.isfinite(rate_kbps) else None,
-            "latent_stats": latent_statistics(model, config, data, stats_clips)}
+            "latent_stats": training_statistics(model, config, data, stats_clips)}
     files[INFO_FILE] = json.dumps(info, indent=2) + "\n"
     write_folder_atomic(out, files)
     return info

@@ -18,6 +18,9 @@ class MetricLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+                from targetkl.train.media import RATE_CHART
+
+                self.writer.add_custom_scalars(RATE_CHART)
             except ImportError:
                 self.writer = None
 
@@ -29,6 +32,13 @@ class MetricLogger:
             for key, value in clean.items():
                 if value is not None:
                     self.writer.add_scalar(f"{split}/{key}" if split != "train" else key, value, step)
+
+    def media(self, step: int, model, audios: list, target_kbps: float | None, stats: dict | None) -> None:
+        """Held-out audio, spectrograms and latent histograms (:mod:`targetkl.train.media`)."""
+        if self.writer is not None:
+            from targetkl.train.media import log_media
+
+            log_media(self.writer, model, audios, step, target_kbps, stats)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines logged after ``step`` (they came from steps a crash undid), so a resumed log is clean."""
@@ -68,6 +78,9 @@ class NullLogger:
     """What ranks other than 0 log to in data-parallel training: nothing."""
 
     def log(self, step: int, scalars: dict, split: str = "train") -> None:
+        pass
+
+    def media(self, step: int, model, audios: list, target_kbps: float | None, stats: dict | None) -> None:
         pass
 
     def truncate_after(self, step: int) -> None:

@@ -446,6 +446,20 @@ class Trainer:
             result["target_kbps"] = target
         return {key: value for key, value in result.items() if isinstance(value, (int, float))}
 
+    def checkpoint_media(self, logger, held_out: dict[str, float]) -> None:
+        """Latent statistics of the weights just saved (``RUN/latent_stats.json``) and TensorBoard's audio,
+        spectrograms and histograms (:mod:`targetkl.train.media`); rank 0, no draw from torch's generator."""
+        from targetkl.latent_stats import run_statistics, write_run_statistics
+        from targetkl.train.media import media_clips
+
+        model = self.ema if self.ema is not None else self.model
+        sample_rate = self.config.model.sample_rate
+        stats = run_statistics(model, self.train_set.clips, sample_rate, self.config.train.seed)
+        write_run_statistics(self.run_dir, self.step, stats)
+        clips = media_clips(self.held_out_set.clips, self.config.train.log_audio_clips, sample_rate) \
+            if self.held_out_set is not None else []
+        logger.media(self.step, model, clips, held_out.get("target_kbps"), stats)
+
     def run(self) -> TrainResult:
         """Train to ``train.steps`` (resuming from the run's checkpoint), holding the run folder's lock."""
         if self.dist.is_main:
@@ -466,6 +480,8 @@ class Trainer:
             log.info("resuming %s from step %d", self.run_dir, self.step)
             logger.truncate_after(self.step)
         train = self.config.train
+        if not resumed and self.dist.is_main:
+            self.checkpoint_media(logger, {})
         if self.step < train.steps:  # a finished run trained further is trimmed again at its new end, not twice
             for model in (self.model, self.ema):
                 if model is not None:
@@ -513,6 +529,7 @@ class Trainer:
                     self.save()
                     held_out = self.held_out_metrics()
                     logger.log(self.step, held_out, split="held_out")
+                    self.checkpoint_media(logger, held_out)
                     if self.step == train.steps and rate.off_target(held_out.get("rate_kbps"),
                                                                    held_out.get("target_kbps")):
                         log.warning("%s: %s", self.run_dir, rate.off_target_text(held_out["rate_kbps"],
@@ -526,6 +543,7 @@ class Trainer:
                     return TrainResult(self.run_dir, self.step, True, last)
             if self.dist.is_main and latest_checkpoint(self.run_dir) is None:
                 self.save()
+                self.checkpoint_media(logger, {})
             barrier()
         finally:
             self._batches = None
