@@ -31,6 +31,8 @@ def test_help_for_every_subcommand_names_its_options(capsys):
         help_text = capsys.readouterr().out
         assert help_text.startswith(f"usage: targetkl {name}"), name
         assert "%%" not in help_text, name  # an escaped percent printed as is
+        description = subcommands[name].description
+        assert "write" in description.lower() or "prints" in description.lower(), name  # says what it writes
         for action in subcommands[name]._actions:  # every option is listed with a help text
             if action.option_strings and action.dest != "help":
                 assert action.option_strings[-1] in help_text and action.help, (name, action.option_strings)
@@ -38,6 +40,47 @@ def test_help_for_every_subcommand_names_its_options(capsys):
         main(["train", "--help"])
     unwrapped = "".join(capsys.readouterr().out.split())  # argparse wraps lines at hyphens too
     assert all(preset in unwrapped for preset in PRESETS)
+    main_text = "".join(text.split())
+    assert all(preset in main_text for preset in PRESETS)  # `targetkl --help` names every registered preset
+
+
+def test_progress_bars_show_on_a_terminal_only(small_corpus, tmp_path):
+    """`index` draws a bar with an ETA on a terminal; nothing on a pipe, nor on a terminal under -q."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    def stderr_of(args, terminal: bool) -> str:
+        env = {**os.environ, "TARGETKL_CACHE": str(tmp_path / f"cache-{terminal}-{len(args)}")}
+        if not terminal:
+            return subprocess.run(args, capture_output=True, text=True, env=env, check=True).stderr
+        master, slave = pty.openpty()
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave, env=env)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(timeout=120) == 0
+        os.close(master)
+        return b"".join(chunks).decode(errors="replace")
+
+    command = [sys.executable, "-m", "targetkl.cli", "index", str(small_corpus), "--workers", "1"]
+    shown = stderr_of(command, terminal=True)
+    assert "indexing audio" in shown and "<" in shown  # tqdm's elapsed<remaining
+    assert "indexing audio" not in stderr_of(command, terminal=False)
+    assert "indexing audio" not in stderr_of(command + ["-q"], terminal=True)
 
 
 def test_console_script_is_installed():

@@ -68,13 +68,13 @@ def cmd_corpus(args: argparse.Namespace) -> int:
             raise ConfigError(f"--channels {args.channels}: the speech corpus is mono; leave --channels out")
 
         out = write_speech_corpus(args.out, clips=args.clips, sample_rate=args.sample_rate, seed=args.seed,
-                                  progress=not args.quiet)
+                                  progress=progress_wanted(args))
         print(f"wrote {args.clips} spoken clips, captions.jsonl (the spoken text) and grammar.jsgf to {out}")
         return 0
     from targetkl.data.corpus import write_corpus
 
     out = write_corpus(args.out, clips=args.clips, seconds=args.seconds, sample_rate=args.sample_rate,
-                       seed=args.seed, progress=not args.quiet, snr_db=args.snr_db, channels=args.channels)
+                       seed=args.seed, progress=progress_wanted(args), snr_db=args.snr_db, channels=args.channels)
     print(f"wrote {args.clips} clips and captions.jsonl to {out}")
     return 0
 
@@ -82,7 +82,7 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from targetkl.data.index import DataError, ensure_index
 
-    index = ensure_index(args.data, workers=args.workers, progress=not args.quiet)
+    index = ensure_index(args.data, workers=args.workers, progress=progress_wanted(args))
     print(f"indexed {index.summary()}; cache {index.cache_file}")
     for path, reason in list(index.skipped.items())[:20]:
         print(f"  skipped {path}: {reason}")
@@ -106,13 +106,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("training %s: preset %s, %s, %d steps, frame rate %g Hz%s", args.out, config.preset, target,
                  config.train.steps, config.model.frame_rate,
                  f", {context.world_size} processes" if context.active else "")
-    result = Trainer(config, args.data, args.out, progress=not args.quiet, distributed=context).run()
+        log.info("TensorBoard: tensorboard --logdir %s", Path(args.out) / "tensorboard")
+    result = Trainer(config, args.data, args.out, progress=progress_wanted(args), distributed=context).run()
     if not context.is_main:
         return 130 if result.interrupted else 0
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint saved in {args.out}. Run the same command to resume.")
         return 130
-    print(f"trained {args.out} to step {result.step}")
+    print(f"trained {args.out} to step {result.step}; TensorBoard (scalars, held-out audio, spectrograms): "
+          f"tensorboard --logdir {Path(args.out) / 'tensorboard'}")
     held_out = result.held_out
     if held_out.get("rate_kbps") is not None:
         target = held_out.get("target_kbps")
@@ -131,8 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from targetkl.eval.evaluate import evaluate_run, format_result, to_json
 
-    result = evaluate_run(args.run, args.data, perceptual=not args.fast, progress=not args.quiet, device=args.device,
-                          batch_size=args.batch_size)
+    result = evaluate_run(args.run, args.data, perceptual=not args.fast, progress=progress_wanted(args),
+                          device=args.device, batch_size=args.batch_size)
     print(format_result(result))
     if args.json:
         from targetkl.fileio import output_path, write_text_atomic
@@ -203,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from targetkl.demo import run_demo
 
     kbps = _float_list(args.kbps, "--kbps")
-    summary = run_demo(Path(args.out), kbps, steps=args.steps, clips=args.clips, progress=not args.quiet)
+    summary = run_demo(Path(args.out), kbps, steps=args.steps, clips=args.clips, progress=progress_wanted(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -267,7 +269,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
                             betas=tuple(_float_list(args.betas, "--betas")),
                             ae_widths=tuple(int(w) for w in _float_list(args.ae_widths, "--ae-widths")),
-                            perceptual=not args.fast, progress=not args.quiet, device=args.device,
+                            perceptual=not args.fast, progress=progress_wanted(args), device=args.device,
                             batch_size=args.batch_size,
                             architectures=_names(args.architectures) if args.architectures else None)
     print(f"{'system':<8} {'point':<10} {'target':>8} {'measured':>9} {'mel':>7} {'si_sdr':>8}")
@@ -287,7 +289,7 @@ def cmd_controllers(args: argparse.Namespace) -> int:
 
     rows = compare_controllers(args.data, args.out, _float_list(args.kbps, "--kbps"), _names(args.controllers),
                                preset=args.preset or "tiny", config_files=args.config, assignments=args.set,
-                               progress=not args.quiet, device=args.device, batch_size=args.batch_size)
+                               progress=progress_wanted(args), device=args.device, batch_size=args.batch_size)
     print(format_rows(rows))
     print(f"wrote controllers.json, controllers.csv and controllers.png (rate vs step) in {args.out}")
     return 0
@@ -297,7 +299,8 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     from targetkl.sanity import SanityConfig, format_table, run_sanity
 
     config = SanityConfig(steps=args.steps, seed=args.seed)
-    rows = run_sanity(_names(args.controllers), _float_list(args.bits, "--bits"), config, progress=not args.quiet)
+    rows = run_sanity(_names(args.controllers), _float_list(args.bits, "--bits"), config,
+                      progress=progress_wanted(args))
     print(format_table(rows))
     if args.json:
         from targetkl.fileio import write_text_atomic
@@ -315,7 +318,7 @@ def _gen_config(args: argparse.Namespace):
 def cmd_pre_encode(args: argparse.Namespace) -> int:
     from targetkl.gen.dataset import pre_encode
 
-    info = pre_encode(args.run, args.data, args.out, progress=not args.quiet, device=args.device,
+    info = pre_encode(args.run, args.data, args.out, progress=progress_wanted(args), device=args.device,
                       batch_size=args.batch_size)
     rate_text = f"; held-out rate {info['rate_kbps']:.4f} kbps" if info.get("rate_kbps") is not None else ""
     print(f"wrote latents of {info['clips']} clips ({info['captioned']} captioned) to {args.out}{rate_text}")
@@ -325,7 +328,7 @@ def cmd_pre_encode(args: argparse.Namespace) -> int:
 def cmd_gen_train(args: argparse.Namespace) -> int:
     from targetkl.gen.train import GenTrainer
 
-    result = GenTrainer(_gen_config(args), args.latents, args.out, progress=not args.quiet).run()
+    result = GenTrainer(_gen_config(args), args.latents, args.out, progress=progress_wanted(args)).run()
     print(f"trained {args.out} to step {result['step']}; held-out flow-matching loss {result['val_loss']:.4f} "
           f"({result['frames']} latent frames per clip)")
     return 0
@@ -344,7 +347,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from targetkl.gen.select import run_select
 
     result = run_select(args.sweep, args.data, _gen_config(args), repeats=args.repeats, sample_steps=args.sample_steps,
-                        cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=not args.quiet,
+                        cfg=args.cfg, seed=args.seed or 0, embedding=args.embedding, progress=progress_wanted(args),
                         device=args.device, batch_size=args.batch_size)
     print(f"{'point':<10} {'kbps':>7} {'mel':>6} {'match':>6} {'random':>7} {'recon':>6} {'FD':>8} {'KAD':>8} "
           f"{'val':>6}")
@@ -379,11 +382,28 @@ DATA_HELP = ("audio: a folder (searched recursively, captions.jsonl optional), a
              "once and cached")
 
 
+def _presets_text() -> str:
+    from targetkl.config import PRESETS, preset
+
+    lines = []
+    for name in PRESETS:
+        model = preset(name).model
+        lines.append(f"{name} ({model.architecture}, {model.sample_rate / 1000:g} kHz, {model.frame_rate:g} Hz x "
+                     f"{model.latent_dim})")
+    return "presets (train/sweep --preset): " + ", ".join(lines) + ". Every subcommand: targetkl COMMAND --help."
+
+
+def progress_wanted(args: argparse.Namespace) -> bool:
+    """Progress bars (with an ETA) on a terminal; none under -q/--quiet or when stderr is a file or pipe."""
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="targetkl",
         description="Train continuous audio VAEs to a chosen bitrate (target-KL) and measure them. "
-                    "Rates are measured as frame_rate * mean KL per frame / ln 2 on held-out audio.")
+                    "Rates are measured as frame_rate * mean KL per frame / ln 2 on held-out audio.",
+        epilog=_presets_text())
     parser.add_argument("--version", action="version", version=f"targetkl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -391,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole job on the built-in corpus: corpus, train, eval, print rates",
                           description="Synthesize the demo corpus, train a tiny DAC-VAE at each target bitrate, "
                                       "and print target vs measured held-out kbps and mel distance next to an "
-                                      "untrained model's.")
+                                      "untrained model's. Writes OUT/corpus, OUT/runs/vae-<B>kbps (one run folder "
+                                      "per target) and OUT/summary.json.")
     demo.add_argument("--out", default="demo", help="folder for the corpus and runs (default: demo)")
     demo.add_argument("--kbps", default="2", help="comma-separated target bitrates in kbps (default: 2)")
     demo.add_argument("--steps", type=_positive_int, default=None,
@@ -426,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Probe every audio file of DATA in parallel worker processes (length, native "
                                        "rate, channels, loudness, caption, label, split) and cache the index; a "
                                        "re-run probes only new or changed files. Files that cannot be used are "
-                                       "listed with their reason.")
+                                       "listed with their reason. Writes one cache file under $TARGETKL_CACHE "
+                                       "(default ~/.cache/targetkl/index), never into DATA.")
     index.add_argument("data", help=DATA_HELP)
     index.add_argument("--workers", type=_positive_int, default=None, help="probing processes (default: up to 8)")
     index.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -435,8 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a codec at a target bitrate (resumes if RUN has a checkpoint)",
                            description="Train a DAC-style codec with a Gaussian (vae), residual-VQ (rvq) or no "
                                        "(ae) bottleneck. For vae, --target-kbps B sets KL_target = B*ln2/frame_rate "
-                                       "nats per frame. Writes RUN/config.json, RUN/metrics.jsonl, TensorBoard logs "
-                                       "and atomic checkpoints; running it again on RUN resumes exactly.")
+                                       "nats per frame. Writes RUN/config.json, RUN/metrics.jsonl, RUN/checkpoints "
+                                       "(atomic), RUN/latent_stats.json and TensorBoard logs in RUN/tensorboard "
+                                       "(scalars, held-out audio and spectrograms: tensorboard --logdir RUN); "
+                                       "running it again on RUN resumes exactly.")
     train.add_argument("--data", required=True, help=DATA_HELP)
     train.add_argument("--out", required=True, help="run folder")
     _add_config_arguments(train)
@@ -464,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="measured held-out rate vs target, and distortion metrics",
                               description="Evaluate RUN on the held-out split of DATA in eval mode: rate_kbps "
                                           "(measured), target_kbps, frame_rate, mel_distance, stft_distance, si_sdr, "
-                                          "pesq, stoi, visqol.")
+                                          "pesq, stoi, visqol, with 95% intervals and per domain. Prints them; --json "
+                                          "FILE also writes them.")
     evaluate.add_argument("run", help="run folder")
     evaluate.add_argument("--data", required=True, help="the audio the run trained on (folder, manifest or shards)")
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
@@ -519,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train a linear Gaussian VAE with each controller at each target rate on "
                                         "i.i.d. Gaussian vectors with unequal variances, and compare its distortion "
                                         "with the reverse water-filling D(R). Prints target and reached bits per "
-                                        "vector, distortion, D(R) and the gap in dB.")
+                                        "vector, distortion, D(R) and the gap in dB; --json FILE also writes them.")
     sanity.add_argument("--controllers", default="target,capacity,pi,lagrange,fixed",
                         help="comma-separated controllers (default: all five)")
     sanity.add_argument("--bits", default="2,6,12", help="target rates in bits per vector (default: 2,6,12)")
@@ -533,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pre = sub.add_parser("pre-encode", help="store a run's latents (posterior mean and std) with captions",
                          description="Encode every clip of DATA (train and held-out split) with RUN's encoder in "
-                                     "eval mode into LATENTS/latents.safetensors, with manifest.jsonl (captions, "
-                                     "labels, split) and info.json (the run, frame rate, measured held-out rate).")
+                                     "eval mode. Writes OUT/latents.safetensors, OUT/manifest.jsonl (captions, "
+                                     "labels, split) and OUT/info.json (the run, frame rate, measured held-out "
+                                     "rate).")
     pre.add_argument("run", help="run folder (a vae run)")
     pre.add_argument("--data", required=True, help=DATA_HELP)
     pre.add_argument("--out", required=True, help="latents folder to write")
@@ -545,8 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen_train = sub.add_parser("gen-train", help="train the text-to-latent generator (flow matching, CFG)",
                                description="Train a small diffusion transformer with rectified flow matching on "
                                            "pre-encoded latents, conditioned on MiniLM caption embeddings (dropped "
-                                           "10% of the time for classifier-free guidance). Resumes if GEN has a "
-                                           "checkpoint.")
+                                           "10% of the time for classifier-free guidance). Writes GEN/gen_config.json, "
+                                           "GEN/checkpoints, GEN/metrics.jsonl and GEN/tensorboard; resumes if GEN has "
+                                           "a checkpoint.")
     gen_train.add_argument("--latents", required=True, help="folder written by `targetkl pre-encode`")
     gen_train.add_argument("--out", required=True, help="generator folder")
     _add_gen_arguments(gen_train, batch=False)
@@ -554,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser("generate", help="text to audio with a trained generator and its VAE",
                               description="Sample latents for PROMPT with classifier-free guidance and decode them "
-                                          "with the VAE the generator was trained on.")
+                                          "with the VAE the generator was trained on. Writes output, a 16-bit wav "
+                                          "file.")
     generate.add_argument("generator", help="generator folder (from `targetkl gen-train`)")
     generate.add_argument("prompt", help='text, e.g. "a low plucked string note"')
     generate.add_argument("output", help="wav file to write")
@@ -585,19 +613,22 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(func=cmd_select)
 
     _file_command(sub, "encode", cmd_encode, "audio file to a latent file (safetensors)",
-                  "Encode IN (any audio file) with RUN's encoder; the latent file holds the posterior mean (and std), "
-                  "sample rate, frame rate and length.", "audio file", "latent file to write (.safetensors)")
+                  "Encode input (any audio file) with RUN's encoder; the latent file holds the posterior mean (and "
+                  "std), sample rate, frame rate and length. Writes output (safetensors).", "audio file",
+                  "latent file to write (.safetensors)")
     _file_command(sub, "decode", cmd_decode, "latent file back to a wav file",
-                  "Decode a latent file written by `targetkl encode` with the same RUN.",
+                  "Decode a latent file written by `targetkl encode` with the same RUN. Writes output, a 16-bit wav "
+                  "file.",
                   "latent file (.safetensors)", "wav file to write")
     compress = _file_command(sub, "compress", cmd_compress, "audio file to a .tkl bitstream (entropy-coded VAE latent)",
                              "Quantize RUN's posterior mean with a per-channel step tied to the posterior std and "
                              "range-code it under the N(0, 1) prior, into a .tkl file whose size matches the KL rate. "
-                             "Prints the KL, payload and file rates in kbps.", "audio file", ".tkl file to write")
+                             "Writes output; prints the KL, payload and file rates in kbps.", "audio file",
+                             ".tkl file to write")
     compress.add_argument("--json", help="also write the report (kl_kbps, payload_kbps, file_kbps, distortion) here")
     _file_command(sub, "decompress", cmd_decompress, ".tkl bitstream back to a wav file",
                   "Decode a .tkl file written by `targetkl compress` with the same RUN; a damaged file or one from "
-                  "another model is refused.", ".tkl file", "wav file to write")
+                  "another model is refused. Writes output, a 16-bit wav file.", ".tkl file", "wav file to write")
     export = sub.add_parser("export", help="write a run for other tools: diffusers (Oobleck VAEs) or safetensors",
                             description="Write RUN to the folder OUT. --format diffusers (an oobleck run): config.json "
                                         "and diffusion_pytorch_model.safetensors for diffusers.AutoencoderOobleck."
