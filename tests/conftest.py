@@ -57,3 +57,112 @@ def chromium_dom(page) -> str:
 
     return subprocess.run(chromium_flags() + ["--dump-dom", page.as_uri()], capture_output=True, text=True,
                           timeout=120).stdout
+
+
+class Chromium:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
+    ending in NUL on file descriptors 3 and 4), so a test can click, type, read the page and save downloads
+    without any package beyond the browser."""
+
+    def __init__(self, folder, width: int = 1200, height: int = 1400):
+        import json
+        import os
+        import shlex
+        import subprocess
+
+        self.json, self.os = json, os
+        to_browser_read, self.to_browser = os.pipe()
+        self.from_browser, from_browser_write = os.pipe()
+        flags = chromium_flags()[:-1] + [f"--window-size={width},{height}", "--remote-debugging-pipe",
+                                         f"--user-data-dir={folder / 'profile'}",
+                                         "--autoplay-policy=no-user-gesture-required", "about:blank"]
+        command = f"exec {shlex.join(flags)} 3<&{to_browser_read} 4>&{from_browser_write}"
+        self.process = subprocess.Popen(["bash", "-c", command], pass_fds=(to_browser_read, from_browser_write),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_browser_read)
+        os.close(from_browser_write)
+        self.buffer, self.next_id, self.events = b"", 0, []
+        self.downloads = folder / "downloads"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(self.downloads),
+                                                  "eventsEnabled": True}, session=False)
+        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                 session=False)["sessionId"]
+        self.send("Page.enable")
+
+    def _message(self, timeout: float = 60.0) -> dict:
+        import select
+
+        while b"\0" not in self.buffer:
+            ready, _, _ = select.select([self.from_browser], [], [], timeout)
+            assert ready, "no answer from chromium"
+            chunk = self.os.read(self.from_browser, 1 << 20)
+            assert chunk, "chromium closed its pipe"
+            self.buffer += chunk
+        message, self.buffer = self.buffer.split(b"\0", 1)
+        return self.json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: bool = True) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = self.session
+        self.os.write(self.to_browser, self.json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self._message()
+            if answer.get("id") == self.next_id:
+                assert "error" not in answer, (method, answer["error"])
+                return answer.get("result", {})
+            self.events.append(answer)
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": True})
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 30.0):
+        import time
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}")
+
+    def open(self, page) -> None:
+        self.send("Page.navigate", {"url": page.as_uri()})
+        self.wait_for("document.readyState === 'complete' && document.body.dataset.state === 'ready'")
+
+    def click(self, selector: str, fraction_x: float = 0.5, fraction_y: float = 0.5) -> None:
+        """A real mouse click (a user gesture) at a point of the element ``selector`` (fractions of its box)."""
+        box = self.evaluate(f"(function () {{ var e = document.querySelector({self.json.dumps(selector)}); "
+                            "e.scrollIntoView({block: 'center'}); var r = e.getBoundingClientRect(); "
+                            "return [r.left, r.top, r.width, r.height]; })()")
+        x, y = box[0] + fraction_x * box[2], box[1] + fraction_y * box[3]
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+
+    def type_text(self, selector: str, text: str) -> None:
+        self.click(selector)
+        self.send("Input.insertText", {"text": text})
+
+    def screenshot(self, path) -> None:
+        import base64
+
+        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"]))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", session=False)
+        except (AssertionError, OSError):
+            pass
+        try:
+            self.process.wait(timeout=20)
+        except Exception:
+            self.process.kill()
+        self.os.close(self.to_browser)
+        self.os.close(self.from_browser)

@@ -194,7 +194,8 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
 });</script>"""
 
 
-def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None) -> str:
+def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None,
+                listening: dict | None = None) -> str:
     domain_rows = [r for r in rows if r.get("domain", "all") != "all"]
     rows = pooled_rows(rows)
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
@@ -219,6 +220,10 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
     parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
     if generation:
         parts.append(_generation_section(generation, out))
+    if listening:
+        from targetkl.eval.listen import results_section
+
+        parts.append(results_section(listening))
     parts += [CHECK_SCRIPT, "</body></html>"]
     return "\n".join(parts)
 
@@ -275,10 +280,13 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
 
 def refresh_report(out: Path) -> None:
     """(Re)write ``report.html`` from ``rd.json`` and ``sweep.json``, with ``targetkl select``'s section when
-    ``generation.json`` exists."""
+    ``generation.json`` exists and the listening test's when ``listening.json`` does."""
     rows = json.loads((out / "rd.json").read_text())
     sweep = json.loads((out / "sweep.json").read_text())
     generation_file = out / "generation.json"
     generation = json.loads(generation_file.read_text()) if generation_file.is_file() else None
+    listening_file = out / "listening.json"
+    listening = json.loads(listening_file.read_text()) if listening_file.is_file() else None
     title = f"targetkl rate-distortion sweep ({sweep['preset']} preset, data {sweep['data']})"
-    write_text_atomic(out / "report.html", render_html(rows, sweep["originals"], out, title, generation))
+    write_text_atomic(out / "report.html", render_html(rows, sweep["originals"], out, title, generation,
+                                                             listening))
