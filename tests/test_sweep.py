@@ -187,3 +187,16 @@ def test_sweep_draws_a_target_kl_line_per_architecture(small_corpus, tmp_path):
     assert "target-KL VAE, Oobleck" in (out / "report.html").read_text()
     with pytest.raises(SweepError, match="no oobleck counterpart"):
         architecture_flags("base-24k", "oobleck")
+
+
+def test_listen_writes_a_test_page_for_a_real_sweep(small_sweep, tmp_path):
+    from targetkl.cli import main
+
+    out = small_sweep[0]
+    assert main(["listen", str(out), "--out", str(tmp_path / "test"), "--systems", "vae,codec2-1300"]) == 0
+    test = json.loads((tmp_path / "test" / "test.json").read_text())
+    assert [(s["system"], s["label"]) for s in test["stimuli"]][2:] == [("vae", "1kbps"), ("codec2", "1300")]
+    assert test["sweep"] == str(out.resolve()) and test["clips"] == len(json.loads((out / "sweep.json").read_text())
+                                                                          ["originals"])
+    page = (tmp_path / "test" / "index.html").read_text()
+    assert page.count("data:audio/wav;base64,") == test["clips"] * (1 + 4)  # reference + 4 stimuli per trial
