@@ -47,12 +47,21 @@ def latent_statistics(model: torch.nn.Module, audios: Sequence[np.ndarray], runn
     return stats
 
 
-def run_statistics(model: torch.nn.Module, clips: Sequence, sample_rate: int, seed: int = 0) -> dict:
-    """Statistics on up to :data:`RUN_CLIPS` of ``clips`` (objects with ``.audio``), drawn with ``seed`` (NumPy's
-    generator: torch's random state is untouched), each cut to :data:`RUN_CLIP_SECONDS`."""
-    chosen = np.random.default_rng(seed).permutation(len(clips))[:RUN_CLIPS]
-    limit = int(RUN_CLIP_SECONDS * sample_rate)
-    return latent_statistics(model, [clips[int(i)].audio[..., :limit] for i in sorted(chosen)])
+def run_statistics(model: torch.nn.Module, train_set, seed: int = 0) -> dict:
+    """Statistics on up to :data:`RUN_CLIPS` clips of ``train_set`` (an ``AudioSet``) drawn with ``seed`` (NumPy's
+    generator: torch's random state is untouched), each read up to :data:`RUN_CLIP_SECONDS`; a file that cannot
+    be read any more is left out."""
+    from targetkl.data import DataError
+
+    chosen = sorted(np.random.default_rng([seed, 0x5747]).permutation(len(train_set))[:RUN_CLIPS])
+    limit = int(RUN_CLIP_SECONDS * model.sample_rate)
+    audios = []
+    for index in chosen:
+        try:
+            audios.append(train_set.read(int(index), 0, min(train_set.length(int(index)), limit)))
+        except DataError:
+            continue
+    return latent_statistics(model, audios)
 
 
 def write_run_statistics(run_dir: Path, step: int, stats: dict) -> None:

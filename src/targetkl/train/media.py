@@ -18,7 +18,6 @@ without it, and a resumed run logs the same clips.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 
 import numpy as np
 import soundfile as sf
@@ -36,10 +35,19 @@ RATE_CHART = {"rate": {"measured rate and its target (kbps)": [
     "Multiline", [r"^rate/kbps$", r"^rate/target_kbps$", r"^held_out/rate_kbps$", r"^held_out/target_kbps$"]]}}
 
 
-def media_clips(clips: Sequence, count: int, sample_rate: int) -> list[np.ndarray]:
-    """The first ``count`` clips' audio (objects with ``.audio``), each cut to :data:`CLIP_SECONDS`."""
-    limit = int(CLIP_SECONDS * sample_rate)
-    return [clips[i].audio[..., :limit] for i in range(min(count, len(clips)))]
+def media_clips(held_out, count: int) -> list[np.ndarray]:
+    """The first ``count`` clips of ``held_out`` (an ``AudioSet``), each cut to :data:`CLIP_SECONDS`; a file that
+    cannot be read any more is left out."""
+    from targetkl.data import DataError
+
+    limit = int(CLIP_SECONDS * held_out.sample_rate)
+    audios = []
+    for index in range(min(count, len(held_out))):
+        try:
+            audios.append(held_out.read(index, 0, min(held_out.length(index), limit)))
+        except DataError:
+            continue
+    return audios
 
 
 def log_mel_image(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -453,10 +453,9 @@ class Trainer:
         from targetkl.train.media import media_clips
 
         model = self.ema if self.ema is not None else self.model
-        sample_rate = self.config.model.sample_rate
-        stats = run_statistics(model, self.train_set.clips, sample_rate, self.config.train.seed)
+        stats = run_statistics(model, self.train_set, self.config.train.seed)
         write_run_statistics(self.run_dir, self.step, stats)
-        clips = media_clips(self.held_out_set.clips, self.config.train.log_audio_clips, sample_rate) \
+        clips = media_clips(self.held_out_set, self.config.train.log_audio_clips) \
             if self.held_out_set is not None else []
         logger.media(self.step, model, clips, held_out.get("target_kbps"), stats)
 
