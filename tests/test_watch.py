@@ -50,6 +50,9 @@ def test_tensorboard_holds_audio_spectrograms_histograms_and_the_rate_chart(watc
     audio, rate = sf.read(io.BytesIO(wav))
     assert rate == 16000 and len(audio) == 8000  # the 0.5 s clip, whole
     assert b"kbps" in caption and b"step 6" in caption and b"target" in caption
+    texts = events.Tensors("caption/clip0/text_summary")
+    assert [e.step for e in texts] == [0, 2, 4, 6] and texts[-1].tensor_proto.string_val[0] == caption
+    assert "kbps" in events.SummaryMetadata("audio/clip0/reconstruction").summary_description
     inputs = [e.tensor_proto.string_val[0] for e in events.Tensors("audio/clip0/input")]
     assert len(set(inputs)) == 1  # the same clip at every checkpoint, also after the resume
     images = events.Images("spectrogram/clip0")

@@ -4,7 +4,9 @@ At step 0 and at every checkpoint, rank 0 writes for each of ``train.log_audio_c
 clips (the first ones of the held-out split, each cut to its first :data:`CLIP_SECONDS`):
 
 - ``audio/clipN/input`` and ``audio/clipN/reconstruction``: 16-bit WAV (a stereo model's mix), each
-  captioned with the clip's rate in kbps (from the KL, in eval mode, as ``eval`` measures it);
+  captioned with the clip's rate in kbps (from the KL, in eval mode, as ``eval`` measures it): the caption is
+  the audio's label and description and, since TensorBoard's audio dashboard shows neither per step, also the
+  text ``caption/clipN`` (Text dashboard);
 - ``spectrogram/clipN``: the input's and the reconstruction's log-mel spectrograms side by side (input
   left), as an image with low frequencies at the bottom;
 - ``latent/channel_mean``, ``latent/channel_std`` and ``latent/posterior_std``: histograms over latent
@@ -82,7 +84,7 @@ def audio_summary(tag: str, audio: np.ndarray, sample_rate: int, caption: str):
     from tensorboard.plugins.audio import metadata
     from tensorboard.util import tensor_util
 
-    meta = metadata.create_summary_metadata(display_name=tag, description="",
+    meta = metadata.create_summary_metadata(display_name=tag, description=caption,
                                             encoding=metadata.Encoding.Value("WAV"))
     tensor = tensor_util.make_tensor_proto(np.array([[_wav_bytes(audio, sample_rate), caption.encode()]],
                                                     dtype=object))
@@ -105,6 +107,7 @@ def log_media(writer, model: torch.nn.Module, audios: list[np.ndarray], step: in
             file_writer.add_summary(audio_summary(f"audio/clip{index}/input", audio, sample_rate, caption), step)
             file_writer.add_summary(audio_summary(f"audio/clip{index}/reconstruction", decode, sample_rate,
                                                   caption), step)
+            writer.add_text(f"caption/clip{index}", caption, step)
             writer.add_image(f"spectrogram/clip{index}", log_mel_image(audio, decode, sample_rate), step,
                              dataformats="HWC")
     for key in ("mean", "std", "posterior_std"):
