@@ -141,7 +141,7 @@ def _load_ratings(path: Path) -> dict:
 
 
 def _interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95% Student-t interval (the mean twice for a single value)."""
+    """Mean and its 95% Student-t interval, cut to the scale's 0-100 (the mean twice for a single value)."""
     from scipy.stats import t
 
     array = np.asarray(values, dtype=np.float64)
@@ -149,7 +149,7 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     if len(array) < 2:
         return mean, mean, mean
     half = float(t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array)))
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, 0.0), min(mean + half, 100.0)  # the scale ends at 0 and 100
 
 
 def aggregate(files: list[str | Path]) -> dict:
@@ -213,10 +213,11 @@ def plot_results(results: dict) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in results["rows"]:
         if row["kind"] != "system":
-            axis.axhspan(row["score_lo"], row["score_hi"], alpha=0.15,
-                         color="tab:green" if row["kind"] == HIDDEN_REFERENCE else "tab:gray")
-            axis.axhline(row["score"], color="tab:green" if row["kind"] == HIDDEN_REFERENCE else "tab:gray",
-                         label=f"{row['kind']} {row['label']}".strip())
+            style = {"color": "black", "linestyle": "--"} if row["kind"] == HIDDEN_REFERENCE else \
+                {"color": "gray", "linestyle": ":"}
+            axis.axhspan(row["score_lo"], row["score_hi"], alpha=0.08, color=style["color"])
+            axis.axhline(row["score"], **style, label=f"hidden {row['kind']}" if row["kind"] == HIDDEN_REFERENCE
+                         else f"anchor ({row['label']})")
     systems = dict.fromkeys(r["system"] for r in results["rows"] if r["kind"] == "system")
     for system in systems:
         points = sorted((r for r in results["rows"] if r["system"] == system and r["rate_kbps"] is not None),
@@ -228,6 +229,10 @@ def plot_results(results: dict) -> bytes:
         errors = [[p["score"] - p["score_lo"] for p in points], [p["score_hi"] - p["score"] for p in points]]
         axis.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=SYSTEM_NAMES.get(system, system))
     axis.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    for formatter in (axis.xaxis.set_major_formatter, axis.xaxis.set_minor_formatter):
+        formatter(ScalarFormatter())
     axis.set_ylim(0, 100)
     axis.set_xlabel("measured rate (kbps)")
     axis.set_ylabel("MUSHRA score (mean, 95% interval)")
