@@ -166,3 +166,40 @@ class Chromium:
             self.process.kill()
         self.os.close(self.to_browser)
         self.os.close(self.from_browser)
+
+
+def write_fake_sweep(sweep, clips: int = 2, sample_rate: int = 16000):
+    """A sweep folder as `targetkl sweep` leaves it (rd.json, sweep.json, report.html, example clips) for a VAE,
+    an RVQ and an Opus point, without training anything: the decodes are the originals plus noise."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(sample_rate // 2) / sample_rate
+    originals = []
+    for clip in range(clips):
+        audio = 0.3 * np.sin(2 * np.pi * (220 + 110 * clip) * t) + 0.05 * np.sin(2 * np.pi * 5000 * t)
+        path = sweep / "audio" / "original" / f"clip{clip}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, audio, sample_rate, subtype="PCM_16")
+        originals.append(str(path))
+    rows = []
+    for system, label, kbps, noise in (("vae", "1kbps", 1.0, 0.05), ("rvq", "1kbps", 1.0, 0.1),
+                                       ("opus", "6", 6.2, 0.02)):
+        paths = []
+        for clip, original in enumerate(originals):
+            audio, _ = sf.read(original)
+            path = sweep / "audio" / f"{system}-{label}" / f"clip{clip}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, audio + noise * rng.standard_normal(len(audio)), sample_rate, subtype="PCM_16")
+            paths.append(str(path))
+        rows.append({"system": system, "label": label, "domain": "all", "rate_kbps": kbps, "target_kbps": kbps,
+                     "mel_distance": noise, "audio": paths})
+    (sweep / "rd.json").write_text(json.dumps(rows))
+    (sweep / "sweep.json").write_text(json.dumps({"preset": "tiny", "data": str(sweep), "originals": originals}))
+    from targetkl.eval.report import refresh_report
+
+    refresh_report(sweep)
+    return sweep

@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from conftest import Chromium
+from conftest import Chromium, write_fake_sweep
 from targetkl.cli import main
 from targetkl.eval.listen import ListeningTestError, aggregate, low_pass_anchor, write_test
 
@@ -18,35 +17,7 @@ RATE = 16000
 
 @pytest.fixture
 def fake_sweep(tmp_path):
-    """A sweep folder as `targetkl sweep` leaves it: rd.json, sweep.json, report.html inputs and example clips."""
-    sweep = tmp_path / "sweep"
-    rng = np.random.default_rng(0)
-    t = np.arange(RATE // 2) / RATE
-    originals = []
-    for clip in range(2):
-        audio = 0.3 * np.sin(2 * np.pi * (220 + 110 * clip) * t) + 0.05 * np.sin(2 * np.pi * 5000 * t)
-        path = sweep / "audio" / "original" / f"clip{clip}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, audio, RATE, subtype="PCM_16")
-        originals.append(str(path))
-    rows = []
-    for system, label, kbps, noise in (("vae", "1kbps", 1.0, 0.05), ("rvq", "1kbps", 1.0, 0.1),
-                                       ("opus", "6kbps", 6.2, 0.02)):
-        paths = []
-        for clip, original in enumerate(originals):
-            audio, _ = sf.read(original)
-            path = sweep / "audio" / f"{system}-{label}" / f"clip{clip}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, audio + noise * rng.standard_normal(len(audio)), RATE, subtype="PCM_16")
-            paths.append(str(path))
-        rows.append({"system": system, "label": label, "domain": "all", "rate_kbps": kbps, "target_kbps": kbps,
-                     "mel_distance": noise, "audio": paths})
-    (sweep / "rd.json").write_text(json.dumps(rows))
-    (sweep / "sweep.json").write_text(json.dumps({"preset": "tiny", "data": str(tmp_path), "originals": originals}))
-    from targetkl.eval.report import refresh_report
-
-    refresh_report(sweep)
-    return sweep
+    return write_fake_sweep(tmp_path / "sweep", clips=2)
 
 
 def test_the_anchor_is_the_reference_low_passed_at_3_5_khz():

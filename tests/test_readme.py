@@ -1,6 +1,7 @@
 """Every code block of the README: Python blocks run as written (against a trained run where the README
 expects one), and every `targetkl` command of the shell blocks parses with the real CLI, so neither can
-rot as the code changes. (The commands themselves run in the CLI and acceptance tests.)"""
+rot as the code changes; the listening-test block also runs as written, on a sweep folder made without
+training. (The other commands run in the CLI and acceptance tests.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import quick_config
+from conftest import quick_config, write_fake_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -74,3 +75,30 @@ def test_every_python_block_runs_as_written(index, demo_like_run):
     result = subprocess.run([sys.executable, "-c", code], cwd=demo_like_run, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_listening_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    """`targetkl listen sweep ...` then `--results listening-test/ratings/*.json`, with the ratings file a
+    listener would send back put where the README says."""
+    import glob
+    import json
+
+    from targetkl.cli import main
+
+    block = next(b for b in _blocks("bash") if "targetkl listen" in b)
+    write_fake_sweep(tmp_path / "sweep", clips=3)
+    monkeypatch.chdir(tmp_path)
+    for words in _commands(block):
+        if "--results" in words:
+            test = json.loads((tmp_path / "listening-test" / "test.json").read_text())
+            ratings = {"format": "targetkl-listening-ratings", "test_id": test["test_id"], "sweep": test["sweep"],
+                       "listener": "reader", "stimuli": test["stimuli"],
+                       "trials": [{"clip": i, "order": [s["id"] for s in test["stimuli"]],
+                                   "ratings": {s["id"]: 100 if s["kind"] == "reference" else 50
+                                               for s in test["stimuli"]}} for i in range(test["clips"])]}
+            (tmp_path / "listening-test" / "ratings").mkdir()
+            (tmp_path / "listening-test" / "ratings" / "ratings-reader.json").write_text(json.dumps(ratings))
+            words = [w for pattern in words for w in (sorted(glob.glob(pattern)) if "*" in pattern else [pattern])]
+        assert main(words) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "sweep" / "listening.json").read_text())
+    assert [r["system"] for r in results["rows"]] == ["reference", "anchor", "vae", "rvq", "opus"]
