@@ -7,6 +7,7 @@
    kernels and cuDNN autotuning), peak GPU memory, the share of time spent waiting for data and the
    share spent in the rate calibration (both logged by the trainer), and the CUDA synchronizations of an
    unlogged step (one is expected: the finite-loss check).
+   Then 60 steps with ``train.compile=true`` (compiled encoder and decoder), steps per second after the first 20.
 2. ``eval`` (without PESQ/STOI/ViSQOL) and ``pre-encode`` of the run on CUDA, timed.
 3. A 10-minute file encoded and decoded in chunks on CUDA (``targetkl encode`` / ``decode``), timed, with
    the peak GPU memory of that step.
@@ -116,6 +117,16 @@ def main() -> None:
                        "last_rate_kbps": train_rows[-1].get("rate/kbps"),
                        "target_kbps": config.rate.target_kbps}
     report["train"]["syncs_per_step"] = None if cpu else syncs_per_step(trainer, steps=10)
+    if not cpu:  # train.compile on the GPU (on the CPU, tests/test_gpu_path.py checks the compiled path)
+        compiled_config = resolve("dacvae-48k", assignments=[
+            "train.steps=60", "train.checkpoint_every=60", "train.log_every=10", "rate.free_steps=50",
+            "rate.warmup_steps=50", f"train.device={device}", "train.bf16=true", "train.compile=true"])
+        _, seconds = timed(Trainer(compiled_config, corpus, out / "compiled", progress=False).run)
+        rows = [json.loads(line) for line in (out / "compiled" / "metrics.jsonl").read_text().splitlines()]
+        timed_rows = [r for r in rows if r.get("split", "train") == "train" and "seconds" in r and r["step"] >= 20]
+        report["train_compiled"] = {"steps": 60, "wall_seconds": seconds, "steps_per_second": (
+            (timed_rows[-1]["step"] - timed_rows[0]["step"]) / (timed_rows[-1]["seconds"] - timed_rows[0]["seconds"])
+            if len(timed_rows) >= 2 else None), "last_loss": timed_rows[-1].get("loss") if timed_rows else None}
     result, seconds = timed(evaluate_run, out / "run", corpus, perceptual=False, progress=False, device=device)
     report["eval"] = {"seconds": seconds, "clips": result["clips"], "rate_kbps": result["rate_kbps"],
                       "mel_distance": result["mel_distance"]}

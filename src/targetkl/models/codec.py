@@ -136,9 +136,21 @@ class Codec(nn.Module):
         """``(B, D, F)`` to ``(B, audio_channels, F * hop)``."""
         return self.decoder(latent)
 
+    def compile_networks(self) -> None:
+        """Train through ``torch.compile``d encoder and decoder (``train.compile``). They share the weights and stay
+        out of the state dict; evaluation and inference, whose clip lengths vary, keep the eager networks, and
+        the bottleneck stays eager (its rate control updates host scalars in place, which a compiled graph
+        would have saved for the backward pass)."""
+        self.__dict__["_compiled_networks"] = (torch.compile(self.encoder), torch.compile(self.decoder))
+
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, BottleneckOutput]:
-        encoded = self.encode(audio)
-        return self.decode(encoded.z), encoded
+        """Training forward: ``(decoded (B, audio_channels, T), bottleneck output)``."""
+        compiled = self.__dict__.get("_compiled_networks")
+        if compiled is None or not self.training:
+            encoded = self.encode(audio)
+            return self.decode(encoded.z), encoded
+        encoded = self.bottleneck(compiled[0](audio))
+        return compiled[1](encoded.z), encoded
 
 
 MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights: a config asking for more is a typo, not a codec

@@ -154,7 +154,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False)
         if train.compile:
-            self.training_model = torch.compile(self.training_model)
+            self.model.compile_networks()
         self.step = 0
         self.bad_steps = 0
         self.bad_reads = 0  # crops drawn again because their file could not be read
