@@ -53,22 +53,26 @@ def register_section(parent: str, name: str, settings: type) -> None:
 def _entry_sections(parent: str) -> dict[str, Any]:
     import targetkl.bottlenecks.factory  # noqa: F401  (importing the registries registers their sections)
     import targetkl.control  # noqa: F401
+    from targetkl.models.architectures import architecture_names
+
+    architecture_names()
 
     return {name: settings() for name, settings in ENTRY_SETTINGS[parent].items()}
 
 
 @dataclass
 class ModelConfig(EntrySections):
-    """The codec. ``architecture``: ``dac`` (DAC-style; encoder channels double at each stride, the decoder
-    mirrors the strides) or ``oobleck`` (Stable Audio's VAE; widths ``encoder_dim`` / ``decoder_dim`` times
-    ``channel_multiples``, one per stride, even strides; see ``targetkl.models.oobleck``).
+    """The codec. ``architecture``: a name from the registry (``targetkl.models.architectures``): ``dac``
+    (DAC-style; encoder channels double at each stride, the decoder mirrors the strides) or ``oobleck`` (Stable
+    Audio's VAE; widths ``encoder_dim`` / ``decoder_dim`` times ``model.oobleck.channel_multiples``, one per
+    stride, even strides; see ``targetkl.models.oobleck``).
 
     ``init``: ``torch`` (PyTorch's default conv init) or ``scaled`` (variance preserving, zero biases,
     residual units start as the identity; see ``targetkl.models.codec.initialize_weights``).
 
     ``audio_channels``: 1 (mono; files are downmixed) or more (stereo: 2; a mono file fills every channel, a file
-    with more channels gives its first ones). Each bottleneck's own settings are a section named after it:
-    ``model.vae.sigma_eps``, ``model.rvq.codebooks``.
+    with more channels gives its first ones). Each bottleneck's and architecture's own settings are a section
+    named after it: ``model.vae.sigma_eps``, ``model.rvq.codebooks``, ``model.oobleck.channel_multiples``.
     """
 
     sample_rate: int = 16000
@@ -80,7 +84,6 @@ class ModelConfig(EntrySections):
     bottleneck: str = "vae"
     init: str = "torch"
     architecture: str = "dac"
-    channel_multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
     entries: dict[str, Any] = field(default_factory=lambda: _entry_sections("model"), repr=False)
 
     @property
@@ -274,14 +277,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Stable Audio's VAE shape on CPU: 50 Hz at 16 kHz like tiny (hop 2*4*4*10 = 320), Oobleck layers.
     "oobleck-tiny": {
         "model": {"architecture": "oobleck", "encoder_dim": 32, "decoder_dim": 32, "latent_dim": 16,
-                  "strides": (2, 4, 4, 10), "channel_multiples": (1, 2, 2, 4)},
+                  "strides": (2, 4, 4, 10), "oobleck": {"channel_multiples": (1, 2, 2, 4)}},
         "train": {"min_lr_ratio": 0.0},
     },
     # Stable Audio Open's VAE: stereo 44.1 kHz, strides 2,4,4,8,8 (hop 2048, 21.5 Hz), 64 latent channels.
     "oobleck-44k": {
         "model": {"architecture": "oobleck", "sample_rate": 44100, "audio_channels": 2, "encoder_dim": 128,
                   "decoder_dim": 128, "latent_dim": 64, "strides": (2, 4, 4, 8, 8),
-                  "channel_multiples": (1, 2, 4, 8, 16)},
+                  "oobleck": {"channel_multiples": (1, 2, 4, 8, 16)}},
         "loss": {"mel_windows": (32, 64, 128, 256, 512, 1024, 2048), "stft_windows": (512, 1024, 2048),
                  "adversarial": True},
         "data": {"segment_seconds": 2048 * 32 / 44100},
@@ -540,13 +543,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
     if rate_config.scope not in ("batch", "clip"):
         raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
-    if model.architecture not in ("dac", "oobleck"):
-        raise ConfigError(f"model.architecture={model.architecture!r}: choose dac or oobleck")
-    if model.architecture == "oobleck" and (len(model.channel_multiples) != len(model.strides)
-                                            or any(s % 2 for s in model.strides)
-                                            or any(m <= 0 for m in model.channel_multiples)):
-        raise ConfigError(f"model.channel_multiples={model.channel_multiples}, model.strides={model.strides}: an "
-                          "oobleck codec needs one positive multiple per stride and even strides")
+    from targetkl.models.architectures import architecture
+
+    chosen = architecture(model.architecture)
+    if chosen.check is not None:
+        chosen.check(config)
     if model.init not in ("torch", "scaled"):
         raise ConfigError(f"model.init={model.init!r}: choose torch or scaled")
     if rate_config.warmup not in ("goal", "weight"):

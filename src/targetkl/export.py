@@ -49,7 +49,7 @@ def diffusers_config(config: Config) -> dict:
     model = config.model
     return {"_class_name": "AutoencoderOobleck", "_diffusers_version": "0.30.0",
             "encoder_hidden_size": model.encoder_dim, "downsampling_ratios": list(model.strides),
-            "channel_multiples": list(model.channel_multiples), "decoder_channels": model.decoder_dim,
+            "channel_multiples": list(model.oobleck.channel_multiples), "decoder_channels": model.decoder_dim,
             "decoder_input_channels": model.latent_dim, "audio_channels": model.audio_channels,
             "sampling_rate": model.sample_rate}
 

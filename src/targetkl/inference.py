@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from targetkl.nn.layers import WeightNormConv1d, WeightNormConvTranspose1d
 
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_BATCH_SIZE = 16
@@ -62,22 +61,26 @@ def _conv_reach(module: nn.Module) -> tuple[float, float]:
     """``(reach, scale)`` of one conv: how many of its input steps one output sees beyond itself (both sides
     together), and its output steps per input step."""
     kernel, dilation, stride = module.kernel_size[0], module.dilation[0], module.stride[0]
-    if isinstance(module, WeightNormConvTranspose1d):
-        return math.ceil(kernel / stride), float(stride)
+    if isinstance(module, nn.ConvTranspose1d):
+        return math.ceil((dilation * (kernel - 1) + 1) / stride), float(stride)
     return (kernel - 1) * dilation, 1.0 / stride
 
 
 def receptive_field_frames(codec: nn.Module) -> tuple[int, int]:
-    """``(encoder, decoder)`` receptive fields in latent frames, upper bounds summed over every conv.
+    """``(encoder, decoder)`` receptive fields in latent frames: what the architecture declares, else upper
+    bounds summed over every convolution (``nn.Conv1d`` and ``nn.ConvTranspose1d``, weight-normed or not).
 
     A latent frame depends on at most ``encoder * hop`` input samples around it; an output sample on at
     most ``decoder`` latent frames around its own.
     """
+    declared = getattr(codec, "declared_receptive_field", None)
+    if declared is not None:
+        return int(declared[0]), int(declared[1])
     reaches = []
     for part in (codec.encoder, codec.decoder):
         total, steps_per_unit = 0.0, 1.0  # units: the part's input steps
         for module in part.modules():
-            if isinstance(module, (WeightNormConv1d, WeightNormConvTranspose1d)):
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)):
                 reach, scale = _conv_reach(module)
                 total += reach / steps_per_unit
                 steps_per_unit *= scale

@@ -47,7 +47,7 @@ RVQ_MAX_CODEBOOK_BITS = 10
 # The preset that gives a preset's codec in another architecture at the same rate and frame rate.
 ARCHITECTURE_PRESETS = {("tiny", "oobleck"): "oobleck-tiny", ("oobleck-tiny", "dac"): "tiny",
                         ("dac-44k", "oobleck"): "oobleck-44k", ("oobleck-44k", "dac"): "dac-44k"}
-ARCHITECTURE_KEYS = ("architecture", "encoder_dim", "decoder_dim", "strides", "channel_multiples", "latent_dim")
+ARCHITECTURE_KEYS = ("architecture", "encoder_dim", "decoder_dim", "strides", "latent_dim")  # and its own section
 
 
 def architecture_flags(preset_name: str, architecture: str) -> dict[str, object]:
@@ -61,8 +61,15 @@ def architecture_flags(preset_name: str, architecture: str) -> dict[str, object]
     if partner is None:
         raise SweepError(f"--architectures {architecture}: no {architecture} counterpart of preset {preset_name} "
                          f"(known: {', '.join(f'{a} -> {b}' for (a, _), b in ARCHITECTURE_PRESETS.items())})")
+    import dataclasses
+
     model = preset(partner).model
-    return {f"model.{key}": getattr(model, key) for key in ARCHITECTURE_KEYS}
+    flags = {f"model.{key}": getattr(model, key) for key in ARCHITECTURE_KEYS}
+    settings = model.entries.get(architecture)
+    if settings is not None:
+        flags.update({f"model.{architecture}.{f.name}": getattr(settings, f.name)
+                      for f in dataclasses.fields(settings)})
+    return flags
 
 
 class SweepError(UserError, ValueError):

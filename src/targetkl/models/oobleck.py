@@ -23,6 +23,10 @@ import math
 import torch
 from torch import nn
 
+from dataclasses import dataclass
+
+from targetkl.config import Config, ConfigError, ModelConfig
+from targetkl.models.architectures import Architecture, register_architecture
 from targetkl.nn.layers import WeightNormConv1d, WeightNormConvTranspose1d
 
 DILATIONS = (1, 3, 9)
@@ -116,3 +120,29 @@ class OobleckDecoder(nn.Module):
         for block in self.block:
             x = block(x)
         return self.conv2(self.snake1(x))
+
+
+@dataclass
+class OobleckSettings:
+    """``model.oobleck``: ``channel_multiples``, one per stride: stage ``i`` works at ``dim * m_i`` channels."""
+
+    channel_multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
+    former_keys = {"channel_multiples": "channel_multiples"}  # model.channel_multiples before this section
+
+
+def build(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
+    multiples = model.oobleck.channel_multiples
+    return (OobleckEncoder(model.encoder_dim, model.strides, multiples, out_channels, model.audio_channels),
+            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, multiples, model.audio_channels))
+
+
+def check(config: Config) -> None:
+    model = config.model
+    multiples = model.oobleck.channel_multiples
+    if len(multiples) != len(model.strides) or any(s % 2 for s in model.strides) or any(m <= 0 for m in multiples):
+        raise ConfigError(f"model.oobleck.channel_multiples={multiples}, model.strides={model.strides}: an "
+                          "oobleck codec needs one positive multiple per stride and even strides")
+
+
+register_architecture(Architecture("oobleck", build, "Stable Audio's VAE layers (diffusers' AutoencoderOobleck)",
+                                   check), OobleckSettings)
