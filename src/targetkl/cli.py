@@ -418,6 +418,12 @@ def _presets_text() -> str:
     return "presets (train/sweep --preset): " + ", ".join(lines) + ". Every subcommand: targetkl COMMAND --help."
 
 
+def _metric_names() -> list[str]:
+    from targetkl.eval.metrics import metric_names
+
+    return list(metric_names(reference_only=True))
+
+
 def progress_wanted(args: argparse.Namespace) -> bool:
     """Progress bars (with an ETA) on a terminal; none under -q/--quiet or when stderr is a file or pipe."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
@@ -512,9 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="measured held-out rate vs target, and distortion metrics",
                               description="Evaluate RUN on the held-out split of DATA in eval mode: rate_kbps "
-                                          "(measured), target_kbps, frame_rate, mel_distance, stft_distance, si_sdr, "
-                                          "pesq, stoi, visqol, with 95% intervals and per domain. Prints them; --json "
-                                          "FILE also writes them.")
+                                          "(measured), target_kbps, frame_rate, "
+                                          f"{', '.join(_metric_names())}, with 95% intervals and per domain. "
+                                          "Prints them; --json FILE also writes them.")
     evaluate.add_argument("run", help="run folder")
     evaluate.add_argument("--data", required=True, help="the audio the run trained on (folder, manifest or shards)")
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")

@@ -13,12 +13,14 @@ from targetkl.data.index import canonical_source
 from targetkl.fileio import without_nan
 from targetkl.eval.asr import recognizer_for
 from targetkl.eval.measure import LATENT_UNUSED_BELOW, measure_rate_and_distortion
+from targetkl.eval.metrics import METRICS, metric_names
 from targetkl.inference import DEFAULT_BATCH_SIZE, choose_device
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
 
 
-DOMAIN_KEYS = ("rate_kbps", "mel_distance", "si_sdr", "pesq", "stoi", "visqol")  # printed per domain
+DOMAIN_KEYS = ("rate_kbps", *(name for name in metric_names(reference_only=False)  # printed per domain
+                             if METRICS[name].score is not None and name != "stft_distance"))
 
 
 def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptual: bool = True,
@@ -74,16 +76,19 @@ def format_result(result: dict) -> str:
     if result.get("off_target"):
         lines.append(f"warning: {rate.off_target_text(result['rate_kbps'], result['target_kbps'])}")
     unscored = result.get("unscored") or {}
-    for key in ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer", "wer_original",
-                "cer_original", "latent_use"):
+    for key in (*metric_names(reference_only=True), "latent_use"):
         value = result.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             note = f"  ({unscored[key]} of {result['clips']} clips could not be scored)" if unscored.get(key) else ""
             lines.append(f"{key:<13} {value:.4f}{_interval(result, key)}{note}")
-    if "si_sdr" in result:
-        pooled = "; wer and cer are pooled over clips" if "wer" in result else ""
-        lines.append(f"(si_sdr is the median over clips{pooled}; the rest are means; [95% bootstrap interval "
-                     "over clips])")
+    shown = [name for name in metric_names(reference_only=True) if name in result]
+    if shown:
+        medians = [n for n in shown if METRICS[n].aggregation == "median"]
+        pooled = [n for n in shown if METRICS[n].aggregation == "pooled" and not METRICS[n].reference_only]
+        notes = [f"{' and '.join(medians)} {'is the median' if len(medians) == 1 else 'are medians'} over clips"
+                 if medians else "", f"{' and '.join(pooled)} {'is' if len(pooled) == 1 else 'are'} pooled over clips"
+                 if pooled else "", "the rest are means"]
+        lines.append(f"({'; '.join(n for n in notes if n)}; [95% bootstrap interval over clips])")
     for domain, values in (result.get("by_domain") or {}).items():
         shown = ", ".join(f"{key} {values[key]:.3f}{_interval(values, key, 3)}" for key in DOMAIN_KEYS
                           if isinstance(values.get(key), float) and math.isfinite(values[key]))

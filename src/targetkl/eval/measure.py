@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from targetkl import rate
 from targetkl.data import AudioClip
-from targetkl.eval.metrics import (AGGREGATION, aggregate_metrics, bootstrap_draws, clip_metrics, mel_distance,
+from targetkl.eval.metrics import (aggregate_metrics, aggregation_texts, bootstrap_draws, clip_metrics, mel_distance,
                                    ratio_with_interval, unscored_counts)
 from targetkl.inference import DEFAULT_BATCH_SIZE, MAX_BATCH_SECONDS, CodecRunner
 from targetkl.models.codec import Codec
@@ -91,7 +91,8 @@ def measure_rate_and_distortion(model: Codec, clips: Sequence[AudioClip], device
     if len(rows) < 2:
         result["latent_use"] = math.nan
     result.update(aggregate_metrics(rows))
-    result["aggregation"] = {key: AGGREGATION[key] for key in result if key in AGGREGATION}
+    texts = aggregation_texts()
+    result["aggregation"] = {key: texts[key] for key in result if key in texts}
     result["unscored"] = unscored_counts(rows)
     if any(domain is not None for domain in domains):
         result["by_domain"] = {}

@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import soxr
@@ -155,29 +157,85 @@ def visqol_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) 
         return math.nan
 
 
-BASIC_METRICS = ("mel_distance", "stft_distance", "si_sdr")
-PERCEPTUAL_METRICS = ("pesq", "stoi", "visqol")
+@dataclass(frozen=True)
+class Metric:
+    """One metric: ``score(reference, estimate, sample_rate) -> float`` on one mono clip (NaN where it cannot
+    score), or ``pooled = (numerator, denominator)``: per-clip counts summed over clips before dividing (the
+    recognizer's word and character errors). ``aggregation``: ``mean`` or ``median`` over the clips it scored,
+    or ``pooled``; ``explanation`` says so in outputs. ``perceptual`` metrics score at most
+    ``PERCEPTUAL_MAX_WINDOWS`` windows of a long clip and are left out by ``--fast``; ``reference_only`` ones
+    describe the originals (the recognizer's own error) and stay out of the rate-distortion tables."""
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    aggregation: str
+    explanation: str
+    score: Callable[[np.ndarray, np.ndarray, int], float] | None = None
+    perceptual: bool = False
+    pooled: tuple[str, str] | None = None
+    reference_only: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add ``metric``: ``eval``, ``sweep``, ``controllers`` and the report show it from then on."""
+    if metric.aggregation not in ("mean", "median", "pooled") or (metric.aggregation == "pooled") != bool(
+            metric.pooled) or (metric.score is None) == (metric.pooled is None):
+        raise ValueError(f"metric {metric.name}: a per-clip score aggregated by mean or median, or pooled counts")
+    METRICS[metric.name] = metric
+    return metric
+
+
+for _metric in (
+        Metric("mel_distance", "", False, "mean", "mean over clips", mel_distance),
+        Metric("stft_distance", "", False, "mean", "mean over clips",
+               lambda reference, estimate, sample_rate: stft_distance(reference, estimate)),
+        Metric("si_sdr", "dB", True, "median", "median over clips (dB; a mean is dominated by quiet clips' very "
+               "negative values)", lambda reference, estimate, sample_rate: si_sdr_db(reference, estimate)),
+        Metric("pesq", "MOS", True, "mean", "mean over scored clips", pesq_score, perceptual=True),
+        Metric("stoi", "", True, "mean", "mean over scored clips", stoi_score, perceptual=True),
+        Metric("visqol", "MOS", True, "mean", "mean over scored clips", visqol_score, perceptual=True),
+        Metric("wer", "", False, "pooled", "pooled: word edits over all clips / reference words over all clips",
+               pooled=("wer_edits", "wer_words")),
+        Metric("cer", "", False, "pooled", "pooled: character edits over all clips / reference characters over "
+               "all clips", pooled=("cer_edits", "cer_chars")),
+        Metric("wer_original", "", False, "pooled", "pooled, as wer, for the original audio (the recognizer's own "
+               "error)", pooled=("wer_original_edits", "wer_words"), reference_only=True),
+        Metric("cer_original", "", False, "pooled", "pooled, as cer, for the original audio",
+               pooled=("cer_original_edits", "cer_chars"), reference_only=True)):
+    register_metric(_metric)
+
+
+def metric_names(perceptual: bool = True, reference_only: bool = False) -> tuple[str, ...]:
+    """Registered metric names in registration order (the order of every table)."""
+    return tuple(m.name for m in METRICS.values() if (perceptual or not m.perceptual)
+                 and (reference_only or not m.reference_only))
 
 
 def clip_metrics(reference: np.ndarray, estimate: np.ndarray, sample_rate: int,
                  perceptual: bool = True) -> dict[str, float]:
-    """All metrics for one clip; ``estimate`` is cut or zero-padded to the reference's length. For
-    ``(channels, samples)`` audio each metric is the mean of its values on each channel (NaN if any channel
-    could not be scored)."""
+    """Every registered per-clip metric for one clip; ``estimate`` is cut or zero-padded to the reference's
+    length. For ``(channels, samples)`` audio each metric is the mean of its values on each channel (NaN if any
+    channel could not be scored)."""
     reference = np.asarray(reference, dtype=np.float32)
     estimate = padded_to(np.asarray(estimate, dtype=np.float32)[..., : reference.shape[-1]], reference.shape[-1])
     if reference.ndim == 2:
         per_channel = [clip_metrics(one, other, sample_rate, perceptual) for one, other in zip(reference, estimate)]
         return {key: float(np.mean([values[key] for values in per_channel])) for key in per_channel[0]}
-    values = {"mel_distance": mel_distance(reference, estimate, sample_rate),
-              "stft_distance": stft_distance(reference, estimate),
-              "si_sdr": si_sdr_db(reference, estimate)}
-    if perceptual:
-        windows = perceptual_windows(reference.shape[-1], sample_rate)
-        for name, score in (("pesq", pesq_score), ("stoi", stoi_score), ("visqol", visqol_score)):
-            scores = [score(reference[start:stop], estimate[start:stop], sample_rate) for start, stop in windows]
-            finite = [value for value in scores if math.isfinite(value)]
-            values[name] = float(np.mean(finite)) if finite else math.nan
+    values = {}
+    windows = perceptual_windows(reference.shape[-1], sample_rate)
+    for metric in METRICS.values():
+        if metric.score is None or (metric.perceptual and not perceptual):
+            continue
+        if not metric.perceptual:
+            values[metric.name] = float(metric.score(reference, estimate, sample_rate))
+            continue
+        scores = [metric.score(reference[start:stop], estimate[start:stop], sample_rate) for start, stop in windows]
+        finite = [value for value in scores if math.isfinite(value)]
+        values[metric.name] = float(np.mean(finite)) if finite else math.nan
     return values
 
 
@@ -192,15 +250,9 @@ def perceptual_windows(length: int, sample_rate: int) -> list[tuple[int, int]]:
     return [(int(start), int(start) + window) for start in np.linspace(0, length - window, count)]
 
 
-AGGREGATION = {"mel_distance": "mean over clips", "stft_distance": "mean over clips",
-               "si_sdr": "median over clips (dB; a mean is dominated by quiet clips' very negative values)",
-               "pesq": "mean over scored clips", "stoi": "mean over scored clips", "visqol": "mean over scored clips",
-               "wer": "pooled: word edits over all clips / reference words over all clips",
-               "cer": "pooled: character edits over all clips / reference characters over all clips",
-               "wer_original": "pooled, as wer, for the original audio (the recognizer's own error)",
-               "cer_original": "pooled, as cer, for the original audio"}
-POOLED = {"wer": ("wer_edits", "wer_words"), "cer": ("cer_edits", "cer_chars"),
-          "wer_original": ("wer_original_edits", "wer_words"), "cer_original": ("cer_original_edits", "cer_chars")}
+def aggregation_texts() -> dict[str, str]:
+    """``{metric: how it is aggregated}``, written beside the numbers (``aggregation`` in eval's JSON)."""
+    return {name: metric.explanation for name, metric in METRICS.items()}
 
 
 BOOTSTRAP_DRAWS = 1000  # resamples of the clips for each 95% interval
@@ -208,16 +260,18 @@ BOOTSTRAP_SEED = 0  # the same resamples every time: an interval is a pure funct
 
 
 def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
-    """One value per metric over clips, each aggregated as ``AGGREGATION`` says (NaN, a metric a clip could
-    not score, is left out; NaN if no clip could be scored). Pooled metrics read their per-clip counts.
+    """One value per metric over clips, each aggregated as its registry entry says (NaN, a metric a clip could
+    not score, is left out; NaN if no clip could be scored); a key no metric registered is averaged. Pooled
+    metrics read their per-clip counts.
 
     Beside each ``<metric>``: ``<metric>_lo`` and ``<metric>_hi``, the 95% percentile-bootstrap interval of the
     same aggregate over ``BOOTSTRAP_DRAWS`` resamples of the clips (NaN with fewer than two clips)."""
     keys = {k for row in rows for k in row}
-    counts = {count for pair in POOLED.values() for count in pair}
+    pooled = {name: metric.pooled for name, metric in METRICS.items() if metric.pooled}
+    counts = {count for pair in pooled.values() for count in pair}
     draws = bootstrap_draws(len(rows))
     out = {}
-    for key, (edits_key, total_key) in POOLED.items():
+    for key, (edits_key, total_key) in pooled.items():
         scored = [row for row in rows if edits_key in row]
         if scored:
             edits = np.array([row[edits_key] for row in scored], dtype=np.float64)
@@ -226,7 +280,7 @@ def aggregate_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
     for key in sorted(keys - counts):
         values = np.array([row.get(key, math.nan) for row in rows], dtype=np.float64)
         values[~np.isfinite(values)] = np.nan
-        average = np.nanmedian if key == "si_sdr" else np.nanmean
+        average = np.nanmedian if key in METRICS and METRICS[key].aggregation == "median" else np.nanmean
         scored = np.isfinite(values)
         out[key] = float(average(values[scored])) if scored.any() else math.nan
         out[f"{key}_lo"], out[f"{key}_hi"] = math.nan, math.nan

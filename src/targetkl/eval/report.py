@@ -15,16 +15,18 @@ import math
 import os
 from pathlib import Path
 
+from targetkl.eval.metrics import METRICS as REGISTERED
+from targetkl.eval.metrics import aggregation_texts, metric_names
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
 from targetkl import rate
 from targetkl.rate import OFF_TARGET_PERCENT
 
-METRICS = ("mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol", "wer", "cer")
-SPEECH_REFERENCE = ("wer_original", "cer_original")  # the recognizer's error on the originals (speech sources)
+METRICS = metric_names()  # the registry's (targetkl.eval.metrics.METRICS), in its order
+SPEECH_REFERENCE = tuple(name for name in metric_names(reference_only=True) if name not in METRICS)
 ROW_METRICS = METRICS + SPEECH_REFERENCE
 INTERVAL = ("_lo", "_hi")  # the 95% bootstrap interval over clips beside each aggregate
 ROW_KEYS = tuple(key + suffix for key in ROW_METRICS for suffix in ("", *INTERVAL))  # a row's metric columns
-HIGHER_IS_BETTER = {"si_sdr", "pesq", "stoi", "visqol"}
+HIGHER_IS_BETTER = {name for name, metric in REGISTERED.items() if metric.higher_is_better}
 COLUMNS = ("system", "label", "domain", "target_kbps", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
            "rate_error_percent", "off_target", "file_kbps", "latent_values_per_second", *ROW_KEYS, "latent_use",
            "latent_use_lo", "latent_use_hi", "run")
@@ -268,10 +270,8 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
     out.mkdir(parents=True, exist_ok=True)
     public = [{k: v for k, v in r.items() if k != "perceptual"} for r in with_domain_rows(rows)]
     write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
-    from targetkl.eval.metrics import AGGREGATION
-
     write_text_atomic(out / "sweep.json", json.dumps({"preset": preset, "data": str(Path(data).resolve()),
-                                                      "originals": originals, "aggregation": AGGREGATION},
+                                                      "originals": originals, "aggregation": aggregation_texts()},
                                                      indent=2) + "\n")
     write_csv(out / "rd.csv", public)
     write_bytes_atomic(out / "rd.png", plot_rate_distortion(public))

@@ -253,8 +253,8 @@ class Sweep:
 
     def _distortion(self, decoded: list[np.ndarray], sample_rate: int,
                     bits: list[float] | None = None) -> dict[str, float]:
-        """Each metric in ``METRICS`` over the held-out clips against their decoded versions, aggregated as
-        ``metrics.AGGREGATION`` says (SI-SDR: the median), with its 95% interval; with each clip's payload
+        """Each registered metric (``metrics.METRICS``) over the held-out clips against their decoded versions,
+        aggregated as its entry says (SI-SDR: the median), with its 95% interval; with each clip's payload
         ``bits``, also ``rate_kbps`` and its interval. Where the source gives clips a domain, the same per domain
         under ``by_domain``."""
         rows, seconds = [], []
