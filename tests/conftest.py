@@ -9,7 +9,12 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TARGETKL_CACHE", tempfile.mkdtemp(prefix="targetkl-index-"))
+if "TARGETKL_CACHE" not in os.environ:  # an index cache of the test run's own, removed when it ends
+    import atexit
+    import shutil
+
+    os.environ["TARGETKL_CACHE"] = tempfile.mkdtemp(prefix="targetkl-index-")
+    atexit.register(shutil.rmtree, os.environ["TARGETKL_CACHE"], True)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
