@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from targetkl.train.checkpoint import latest_checkpoint, load_tensors
+from targetkl.checkpoints import latest_checkpoint, load_tensors
 from targetkl.train.distributed import DistributedContext
 from targetkl.train.logger import read_metrics
 from targetkl.train.trainer import Trainer

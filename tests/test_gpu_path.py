@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import quick_config
-from targetkl.train.checkpoint import latest_checkpoint
+from targetkl.checkpoints import latest_checkpoint
 from targetkl.train.trainer import Trainer
 
 

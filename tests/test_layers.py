@@ -28,6 +28,13 @@ def _imports(module_path: Path) -> list[tuple[str, list[str]]]:
     ("collectives.py", "targetkl."),  # bottom layer
     ("fileio.py", "targetkl."),  # bottom layer
     ("errors.py", "targetkl."),  # every CLI call imports it: it must not load the package
+    ("checkpoints.py", "targetkl.train"),  # the run folder's format: training writes it, everything else reads it
+    ("checkpoints.py", "targetkl.models"),
+    ("runs.py", "targetkl.train"),  # reading a run never climbs up into training
+    ("api.py", "targetkl.train"),
+    ("export.py", "targetkl.train"),
+    ("eval/evaluate.py", "targetkl.train"),
+    ("eval/measure.py", "targetkl.train"),
 ])
 def test_lower_layers_do_not_import_upper_ones(module, forbidden):
     imported = [name for name, _ in _imports(PACKAGE / module)]
@@ -42,3 +49,12 @@ def test_no_module_imports_another_modules_private_names():
                 private += [f"{path.relative_to(PACKAGE)}: {module}.{name}" for name in names
                             if name.startswith("_") and not name.startswith("__")]
     assert not private
+
+
+def test_importing_the_config_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, targetkl.config, targetkl.rate, targetkl.errors; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

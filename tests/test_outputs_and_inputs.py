@@ -19,7 +19,7 @@ import torch
 from conftest import quick_config
 from targetkl.cli import main
 from targetkl.data import ensure_index, load_folder
-from targetkl.train.checkpoint import latest_checkpoint, load_tensors
+from targetkl.checkpoints import latest_checkpoint, load_tensors
 from targetkl.train.trainer import Trainer, TrainingError
 
 SMALL = ["train.batch_size=2", "model.encoder_dim=4", "model.decoder_dim=8", "model.latent_dim=4",

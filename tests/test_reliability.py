@@ -25,7 +25,7 @@ from targetkl.data import DataError, load_folder
 from targetkl.data.corpus import write_corpus
 from targetkl.latents import LatentFileError, read_latent_file
 from targetkl.runs import load_run
-from targetkl.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_tensors
+from targetkl.checkpoints import CheckpointError, checkpoint_step, latest_checkpoint, load_tensors
 from targetkl.train.trainer import Trainer, TrainingError
 
 from conftest import quick_config
@@ -163,7 +163,7 @@ def test_a_crash_inside_prune_or_replace_leaves_only_complete_step_folders(tmp_p
     nothing. Both windows are forced here by making the second operation raise."""
     import shutil
 
-    from targetkl.train import checkpoint
+    from targetkl import checkpoints as checkpoint
 
     def save(step, value):
         return checkpoint.save_checkpoint(tmp_path, step, {"model": {"w": torch.full((3,), float(value))}},
@@ -260,7 +260,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_same_command_resume
     resumes from it and ends equal to a run that never ran out of space."""
     import errno
 
-    from targetkl.train import checkpoint
+    from targetkl import checkpoints as checkpoint
 
     config = quick_config(train={"steps": 6, "checkpoint_every": 2})
     Trainer(config, small_corpus, tmp_path / "roomy", progress=False).run()

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from targetkl.train.checkpoint import CheckpointError, latest_checkpoint, load_tensors
+from targetkl.checkpoints import CheckpointError, latest_checkpoint, load_tensors
 from targetkl.train.logger import read_metrics
 from targetkl.train.trainer import Trainer, learning_rate
 

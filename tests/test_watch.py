@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from conftest import quick_config
-from targetkl.train.checkpoint import latest_checkpoint
+from targetkl.checkpoints import latest_checkpoint
 from targetkl.train.trainer import Trainer
 
 

@@ -9,7 +9,7 @@ import torch
 
 from targetkl.config import Config, load_run_config
 from targetkl.models.codec import Codec, build_codec
-from targetkl.train.checkpoint import CheckpointError, checkpoint_step, latest_checkpoint, load_module
+from targetkl.checkpoints import CheckpointError, checkpoint_step, latest_checkpoint, load_module
 
 
 @dataclass

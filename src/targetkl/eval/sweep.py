@@ -36,7 +36,7 @@ from targetkl.eval.report import ROW_KEYS, TARGET_KL_SYSTEM, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
 from targetkl.fileio import read_json_or_none, without_nan, write_text_atomic
-from targetkl.train.checkpoint import checkpoint_step, latest_checkpoint
+from targetkl.checkpoints import checkpoint_step, latest_checkpoint
 from targetkl.train.trainer import Trainer
 
 log = logging.getLogger("targetkl.sweep")

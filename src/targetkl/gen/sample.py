@@ -15,7 +15,7 @@ from targetkl.models.codec import Codec, model_fingerprint
 from targetkl.inference import CodecRunner, choose_device
 from targetkl.runs import load_run
 from targetkl.config import ConfigError
-from targetkl.train.checkpoint import CheckpointError
+from targetkl.checkpoints import CheckpointError
 
 MAX_SECONDS = 600.0  # one generated clip; longer is a typo, not a request
 

@@ -27,7 +27,7 @@ from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
 from targetkl.gen.flow import flow_matching_loss, validation_loss
 from targetkl.gen.model import LatentDiT
 from targetkl.gen.text import load_text_encoder
-from targetkl.train.checkpoint import (CheckpointError, checkpoint_step, latest_checkpoint, load_module, load_state,
+from targetkl.checkpoints import (CheckpointError, checkpoint_step, latest_checkpoint, load_module, load_state,
                                        save_checkpoint, state_dict_for_file, write_text_atomic)
 from targetkl.train.logger import MetricLogger
 from targetkl.inference import choose_device

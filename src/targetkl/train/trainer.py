@@ -39,7 +39,7 @@ from targetkl.models.codec import build_codec
 from targetkl.models.discriminators import build_discriminator
 from targetkl.collectives import mean_tensor_over_ranks
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
-from targetkl.train.checkpoint import (latest_checkpoint, load_module, load_state, save_checkpoint,
+from targetkl.checkpoints import (latest_checkpoint, load_module, load_state, save_checkpoint,
                                        state_dict_for_file)
 from targetkl.train.logger import MetricLogger, NullLogger
 from targetkl.train.runlock import RunLock

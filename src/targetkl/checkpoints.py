@@ -1,4 +1,7 @@
-"""Atomic checkpoints: safetensors for weights, a weights-only ``state.pt`` for everything else.
+"""A run folder's checkpoints, the low module that training writes and everything else reads (``runs.py``,
+``api``, ``eval``, ``export``, the generator): safetensors for weights, a weights-only ``state.pt`` for
+everything else. The rest of a run folder: ``config.json`` (``targetkl.config``), ``metrics.jsonl`` and
+``tensorboard/`` (``train/logger.py``), ``latent_stats.json`` (``targetkl.latent_stats``).
 
 Layout::
 
