@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targetkl.fileio import write_text_atomic
+from targetkl.fileio import read_json_or_none, write_text_atomic
 from targetkl.inference import CodecRunner
 
 FILE_NAME = "latent_stats.json"
@@ -25,10 +25,10 @@ RUN_CLIP_SECONDS = 10.0  # each cut to its first 10 s, so long recordings cost w
 
 
 @torch.no_grad()
-def latent_statistics(model: torch.nn.Module, audios: Sequence[np.ndarray], runner: CodecRunner | None = None) -> dict:
+def latent_statistics(model: torch.nn.Module, audios: Sequence[np.ndarray]) -> dict:
     """``audios``: ``(samples,)`` or ``(channels, samples)`` clips at the model's rate and level ->
     ``{"mean": [D], "std": [D], "posterior_std": [D] (Gaussian only), "clips": n, "frames": F}``."""
-    encoded = (runner or CodecRunner(model)).encode(list(audios))
+    encoded = CodecRunner(model).encode(list(audios))
     dim = model.latent_dim
     total, squares = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64)
     sigma, frames = torch.zeros(dim, dtype=torch.float64), 0
@@ -70,10 +70,5 @@ def write_run_statistics(run_dir: Path, step: int, stats: dict) -> None:
 
 def read_run_statistics(run_dir: Path, step: int) -> dict | None:
     """The statistics measured at ``step``; ``None`` when the file is missing, damaged or from another step."""
-    try:
-        stats = json.loads((Path(run_dir) / FILE_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stats, dict) or stats.get("step") != step:
-        return None
-    return stats
+    stats = read_json_or_none(Path(run_dir) / FILE_NAME)
+    return stats if stats is not None and stats.get("step") == step else None
