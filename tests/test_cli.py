@@ -44,6 +44,30 @@ def test_help_for_every_subcommand_names_its_options(capsys):
     assert all(preset in main_text for preset in PRESETS)  # `targetkl --help` names every registered preset
 
 
+def test_every_subcommand_is_one_module_whose_choices_come_from_the_registries(monkeypatch, capsys):
+    """A subcommand is a module of targetkl.commands; a part registered anywhere shows in the help unchanged."""
+    from targetkl.bottlenecks.factory import BOTTLENECKS
+    from targetkl.commands import command_modules
+    from targetkl.control import CONTROLLERS
+    from targetkl.eval.sweep import BASELINES
+    from targetkl.models.architectures import ARCHITECTURES, architecture
+
+    modules = command_modules()
+    assert [module.NAME for module in modules] == list(_subcommands())
+    assert all(callable(m.run) and callable(m.add_arguments) and m.HELP for m in modules)
+    monkeypatch.setitem(CONTROLLERS, "mycontroller", CONTROLLERS["lagrange"])
+    monkeypatch.setitem(BOTTLENECKS, "mybottleneck", BOTTLENECKS["vae"])
+    monkeypatch.setitem(ARCHITECTURES, "myarchitecture", architecture("dac"))
+    texts = {}
+    for name in ("train", "sweep", "sanity", "controllers"):
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        texts[name] = "".join(capsys.readouterr().out.split())
+    assert "mycontroller" in texts["train"] and "mybottleneck" in texts["train"]
+    assert "mycontroller" in texts["sanity"] and "mycontroller" in texts["controllers"]
+    assert "myarchitecture" in texts["sweep"] and all(baseline in texts["sweep"] for baseline in BASELINES)
+
+
 def test_progress_bars_show_on_a_terminal_only(small_corpus, tmp_path):
     """`index` draws a bar with an ETA on a terminal; nothing on a pipe, nor on a terminal under -q."""
     import os

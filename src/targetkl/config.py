@@ -608,14 +608,19 @@ def with_target_nats(config: Config, nats_per_frame: float | None) -> Config:
 
 
 def resolve(preset_name: str = "tiny", files: list[str] | None = None, assignments: list[str] | None = None,
-            flags: dict[str, Any] | None = None) -> Config:
-    """Preset, then override files in order, then ``--set`` assignments, then explicit CLI flags."""
-    config = preset(preset_name)
+            flags: dict[str, Any] | None = None, target_nats: float | None = None,
+            base: Config | None = None) -> Config:
+    """Preset (or ``base``: a run's saved config, which a resumed run starts from), then override files in order,
+    then ``--set`` assignments, then explicit CLI flags (``None`` values are left out), then ``target_nats``
+    (``--target-nats``, converted at the model's frame rate); validated."""
+    config = copy.deepcopy(base) if base is not None else preset(preset_name)
     for file in files or []:
         config = apply_overrides(config, load_override_file(file), where=str(file))
     if assignments:
         config = apply_overrides(config, parse_assignments(assignments), where="--set")
     config = apply_overrides(config, nest(flags or {}), where="command line")
-    config.preset = preset_name
+    config = with_target_nats(config, target_nats)
+    if base is None:
+        config.preset = preset_name
     validate(config)
     return config
