@@ -58,3 +58,22 @@ def test_importing_the_config_loads_no_torch():
     code = "import sys, targetkl.config, targetkl.rate, targetkl.errors; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_the_config_imports_nothing_of_the_package_but_errors_and_rate():
+    """The parts register their sections and checks into the config; it names them only in ``PARTS``."""
+    from targetkl import config
+
+    imported = {name for name, _ in _imports(PACKAGE / "config.py") if name.startswith("targetkl")}
+    imported |= {f"targetkl.{name}" for module, names in _imports(PACKAGE / "config.py") if module == "targetkl"
+                 for name in names}
+    assert imported <= {"targetkl", "targetkl.errors", "targetkl.rate"}, imported
+    import dataclasses
+
+    config.load_parts()
+    from targetkl.control import CONTROLLERS
+
+    assert set(config.ENTRY_SETTINGS["rate"]) == {name for name, cls in CONTROLLERS.items()
+                                                  if dataclasses.fields(cls.Settings)}
+    assert {"vae", "rvq", "oobleck"} <= set(config.ENTRY_SETTINGS["model"])
+    assert len(config.CHECKS) == len(set(config.CHECKS)) >= 4  # controller, bottleneck, architecture, discriminators

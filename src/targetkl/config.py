@@ -14,6 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from targetkl import rate
@@ -37,6 +38,13 @@ class EntrySections:
 
 
 ENTRY_SETTINGS: dict[str, dict[str, type]] = {"model": {}, "rate": {}}
+CHECKS: list[Callable[[Config], None]] = []
+
+# The modules whose import registers the built-in parts (controllers, bottlenecks, architectures, discriminators):
+# their sections (register_section) and their checks (register_check). The config layer names them and imports
+# them once, when the first config is built; they import the config, never the other way round at import time.
+PARTS = ("targetkl.control", "targetkl.bottlenecks.factory", "targetkl.models.architectures",
+         "targetkl.models.discriminators")
 
 
 def register_section(parent: str, name: str, settings: type) -> None:
@@ -50,13 +58,24 @@ def register_section(parent: str, name: str, settings: type) -> None:
         ENTRY_SETTINGS[parent][name] = settings
 
 
+def register_check(check: Callable[[Config], None]) -> Callable[[Config], None]:
+    """Run ``check(config)`` in :func:`validate`: a registry checks that the entry a config names exists and that
+    its settings can work, raising ``ConfigError`` with the key and the fix."""
+    CHECKS.append(check)
+    return check
+
+
+def load_parts() -> None:
+    """Import the built-in parts (``PARTS``) so that every section and check is registered; cheap after the first
+    call."""
+    import importlib
+
+    for module in PARTS:
+        importlib.import_module(module)
+
+
 def _entry_sections(parent: str) -> dict[str, Any]:
-    import targetkl.bottlenecks.factory  # noqa: F401  (importing the registries registers their sections)
-    import targetkl.control  # noqa: F401
-    from targetkl.models.architectures import architecture_names
-
-    architecture_names()
-
+    load_parts()
     return {name: settings() for name, settings in ENTRY_SETTINGS[parent].items()}
 
 
@@ -507,47 +526,14 @@ def load_run_config(run_dir: str | Path) -> Config:
     return from_dict(data, where=str(path))
 
 
-def _validate_discriminators(config: Config) -> None:
-    from targetkl.models.discriminators import DISCRIMINATORS, octaves_below_nyquist
-
-    loss = config.loss
-    unknown = [name for name in loss.discriminators if name not in DISCRIMINATORS]
-    if unknown or (loss.adversarial and not loss.discriminators):
-        raise ConfigError(f"loss.discriminators={','.join(loss.discriminators)}: choose from "
-                          f"{', '.join(DISCRIMINATORS)} (comma-separated)")
-    if "cqt" not in loss.discriminators:
-        return
-    if len(loss.discriminator_cqt_hops) != len(loss.discriminator_cqt_bins) or not loss.discriminator_cqt_hops:
-        raise ConfigError("loss.discriminator_cqt_hops and loss.discriminator_cqt_bins need one value per CQT scale "
-                          "each, as many of one as of the other")
-    octaves = octaves_below_nyquist(config.model.sample_rate, loss.discriminator_cqt_fmin,
-                                    loss.discriminator_cqt_octaves)
-    if not loss.discriminator_cqt_fmin > 0 or octaves < 1:
-        raise ConfigError(f"loss.discriminator_cqt_fmin={loss.discriminator_cqt_fmin}: no CQT octave fits below "
-                          f"{config.model.sample_rate / 2:g} Hz; lower it")
-    for hop in loss.discriminator_cqt_hops:
-        if hop <= 0 or hop % 2 ** (octaves - 1):
-            raise ConfigError(f"loss.discriminator_cqt_hops: {hop} must be a positive multiple of 2^(octaves - 1) = "
-                              f"{2 ** (octaves - 1)} ({octaves} octaves from {loss.discriminator_cqt_fmin:g} Hz fit "
-                              f"below {config.model.sample_rate / 2:g} Hz)")
-
-
 def validate(config: Config) -> None:
-    """Fail early, with a message naming the key, on values that cannot train."""
+    """Fail early, with a message naming the key, on values that cannot train: the shared settings here, each
+    registry's entries (the named controller, bottleneck, architecture and discriminators) by its registered
+    check, each active entry's section by its own ``check``."""
     model, rate_config, train = config.model, config.rate, config.train
-    from targetkl.bottlenecks.factory import bottleneck_kind
-    from targetkl.control import CONTROLLERS
-
-    kind = bottleneck_kind(model.bottleneck)
-    if rate_config.controller not in CONTROLLERS:
-        raise ConfigError(f"rate.controller={rate_config.controller!r}: choose one of {', '.join(CONTROLLERS)}")
+    load_parts()
     if rate_config.scope not in ("batch", "clip"):
         raise ConfigError(f"rate.scope={rate_config.scope!r}: choose batch or clip")
-    from targetkl.models.architectures import architecture
-
-    chosen = architecture(model.architecture)
-    if chosen.check is not None:
-        chosen.check(config)
     if model.init not in ("torch", "scaled"):
         raise ConfigError(f"model.init={model.init!r}: choose torch or scaled")
     if rate_config.warmup not in ("goal", "weight"):
@@ -562,7 +548,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"data.segment_seconds={config.data.segment_seconds} gives {config.segment_samples} samples, which "
             f"is not a positive multiple of the hop {model.hop}; use a multiple of {model.hop / model.sample_rate:g} s")
-    kind.validate(config)
+    for check in CHECKS:
+        check(config)
     for parent, active in (("model", model.bottleneck), ("rate", rate_config.controller)):
         settings = getattr(config, parent).entries.get(active)
         if hasattr(settings, "check"):
@@ -586,7 +573,6 @@ def validate(config: Config) -> None:
     if rate_config.free_steps < 0 or rate_config.warmup_steps < 0 or rate_config.trim_clips < 0:
         raise ConfigError(f"rate.free_steps={rate_config.free_steps}, rate.warmup_steps={rate_config.warmup_steps}, "
                           f"rate.trim_clips={rate_config.trim_clips}: each must be >= 0")
-    _validate_discriminators(config)
     data = config.data
     if not 0 <= data.valid_percent < 100:
         raise ConfigError(f"data.valid_percent={data.valid_percent}: must be in [0, 100)")

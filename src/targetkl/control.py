@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from targetkl.collectives import mean_over_ranks, mean_tensor_over_ranks
-from targetkl.config import ConfigError, RateConfig, register_section
+from targetkl.config import Config, ConfigError, RateConfig, register_check, register_section
 from targetkl.nn.host_scalars import increment_scalar, read_scalar, write_scalar
 
 
@@ -81,6 +81,12 @@ def register_controller(cls: type[KLController]) -> type[KLController]:
     CONTROLLERS[cls.name] = cls
     register_section("rate", cls.name, cls.Settings)
     return cls
+
+
+@register_check
+def _check_controller(config: Config) -> None:
+    if config.rate.controller not in CONTROLLERS:
+        raise ConfigError(f"rate.controller={config.rate.controller!r}: choose one of {', '.join(CONTROLLERS)}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from targetkl import rate
 from targetkl.bottlenecks.base import Bottleneck
 from targetkl.bottlenecks.gaussian import GaussianBottleneck
 from targetkl.bottlenecks.rvq import RVQBottleneck
-from targetkl.config import Config, ConfigError, register_section
+from targetkl.config import Config, ConfigError, register_check, register_section
 
 
 @dataclass
@@ -105,3 +105,8 @@ register_bottleneck(BottleneckKind(
     RVQBottleneck.Settings))
 register_bottleneck(BottleneckKind(
     "ae", _build_identity, lambda config: None, lambda config: False, "identity: a plain autoencoder"))
+
+
+@register_check
+def _check_bottleneck(config: Config) -> None:
+    bottleneck_kind(config.model.bottleneck).validate(config)

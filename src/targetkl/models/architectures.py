@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from targetkl.config import Config, ConfigError, ModelConfig, register_section
+from targetkl.config import Config, ConfigError, ModelConfig, register_check, register_section
 
 BUILT_IN = ("targetkl.models.dac", "targetkl.models.oobleck")
 
@@ -63,3 +63,13 @@ def architecture(name: str) -> Architecture:
 def architecture_names() -> list[str]:
     _load_built_in()
     return sorted(ARCHITECTURES)
+
+
+@register_check
+def _check_architecture(config: Config) -> None:
+    chosen = architecture(config.model.architecture)
+    if chosen.check is not None:
+        chosen.check(config)
+
+
+_load_built_in()  # after the names above exist: the built-in architectures import them

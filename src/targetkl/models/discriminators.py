@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from targetkl.config import Config, ConfigError, register_check
+
 
 def _wn2d(in_channels: int, out_channels: int, kernel: tuple[int, int], stride: tuple[int, int] = (1, 1),
           padding: tuple[int, int] = (0, 0)) -> nn.Module:
@@ -200,3 +202,27 @@ class Discriminator(nn.Module):
 def build_discriminator(loss, sample_rate: int) -> Discriminator:
     """The ensemble of the families ``loss.discriminators`` names (a ``LossConfig``), in that order."""
     return Discriminator([member for name in loss.discriminators for member in DISCRIMINATORS[name](loss, sample_rate)])
+
+
+@register_check
+def _check_discriminators(config: Config) -> None:
+    loss = config.loss
+    unknown = [name for name in loss.discriminators if name not in DISCRIMINATORS]
+    if unknown or (loss.adversarial and not loss.discriminators):
+        raise ConfigError(f"loss.discriminators={','.join(loss.discriminators)}: choose from "
+                          f"{', '.join(DISCRIMINATORS)} (comma-separated)")
+    if "cqt" not in loss.discriminators:
+        return
+    if len(loss.discriminator_cqt_hops) != len(loss.discriminator_cqt_bins) or not loss.discriminator_cqt_hops:
+        raise ConfigError("loss.discriminator_cqt_hops and loss.discriminator_cqt_bins need one value per CQT scale "
+                          "each, as many of one as of the other")
+    octaves = octaves_below_nyquist(config.model.sample_rate, loss.discriminator_cqt_fmin,
+                                    loss.discriminator_cqt_octaves)
+    if not loss.discriminator_cqt_fmin > 0 or octaves < 1:
+        raise ConfigError(f"loss.discriminator_cqt_fmin={loss.discriminator_cqt_fmin}: no CQT octave fits below "
+                          f"{config.model.sample_rate / 2:g} Hz; lower it")
+    for hop in loss.discriminator_cqt_hops:
+        if hop <= 0 or hop % 2 ** (octaves - 1):
+            raise ConfigError(f"loss.discriminator_cqt_hops: {hop} must be a positive multiple of 2^(octaves - 1) = "
+                              f"{2 ** (octaves - 1)} ({octaves} octaves from {loss.discriminator_cqt_fmin:g} Hz fit "
+                              f"below {config.model.sample_rate / 2:g} Hz)")
