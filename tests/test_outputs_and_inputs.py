@@ -272,14 +272,14 @@ def test_damaged_sweep_caches_are_computed_again_and_a_damaged_rd_json_is_one_li
 
 def _stop_at(trainer: Trainer, step: int) -> None:
     """Make ``trainer`` stop (as on SIGTERM, with a checkpoint) after ``step``."""
-    real = trainer.calibrate_rate
+    real = trainer.calibration.calibrate
 
-    def calibrate_then_maybe_stop():
+    def calibrate_then_maybe_stop(model, at_step):
         if trainer.step == step:
             trainer._stop_signal = signal.SIGTERM
-        return real()
+        return real(model, at_step)
 
-    trainer.calibrate_rate = calibrate_then_maybe_stop
+    trainer.calibration.calibrate = calibrate_then_maybe_stop
 
 
 def test_files_that_vanish_during_a_run_are_skipped_and_resume_stays_exact(small_corpus, tmp_path, caplog):

@@ -136,22 +136,25 @@ def test_the_final_trim_lands_the_trim_clips_on_the_target_and_is_saved(small_co
     from targetkl.inference import CodecRunner
     from targetkl.runs import load_run
 
-    config = quick_config(train={"steps": 2, "checkpoint_every": 2}, rate={"trim_clips": 6})
+    config = quick_config(train={"steps": 2, "checkpoint_every": 2, "ema_decay": 0.5}, rate={"trim_clips": 6})
     trainer = Trainer(config, small_corpus, tmp_path / "run", progress=False)
     trainer.run()
-    windows = list(trainer.trim_windows())
-    assert len(windows) == 6 and [w.shape for w in windows] == [w.shape for w in trainer.trim_windows()]
+    trainer.model.bottleneck.controller.offset.fill_(0.125)  # the live weights' controller state is theirs
+    windows = list(trainer.calibration.trim_windows())
+    assert len(windows) == 6 and [w.shape for w in windows] == [w.shape for w in trainer.calibration.trim_windows()]
 
     def whole_clip_kl():
-        encoded = CodecRunner(trainer.model).encode(windows)
+        encoded = CodecRunner(trainer.ema).encode(windows)  # the trim is measured on the evaluated weights
         return sum(float(e.kl_nats.sum()) for e in encoded) / sum(e.frames for e in encoded)
 
     measured = whole_clip_kl()
     goal = 0.98 * measured
     config.rate.target_kbps = rate.bits_per_frame_to_kbps(goal / math.log(2), trainer.model.frame_rate)
-    trimmed = trainer.trim_rate()
+    trimmed = trainer.calibration.trim(trainer.model, trainer.ema)
     assert trimmed["rate/trim_before_kl"] == pytest.approx(measured, rel=1e-5)
     assert whole_clip_kl() == pytest.approx(goal, rel=1e-4)
     assert float(trainer.model.bottleneck.scale_shift) == pytest.approx(trimmed["rate/trim_shift"]) != 0
+    assert float(trainer.ema.bottleneck.scale_shift) == float(trainer.model.bottleneck.scale_shift)
+    assert float(trainer.model.bottleneck.controller.offset) == 0.125  # one scalar moved, no buffers copied
     trainer.save()
     assert float(load_run(tmp_path / "run").model.bottleneck.scale_shift) == pytest.approx(trimmed["rate/trim_shift"])

@@ -63,8 +63,12 @@ class Bottleneck(nn.Module):
         """The final trim of a rate-controlled bottleneck (see ``GaussianBottleneck.trim_rate``); ``None``: none."""
         return None
 
+    def set_trim(self, shift: float) -> None:
+        """Take the trim ``shift`` that :meth:`trim_rate` found on another copy of this bottleneck (its
+        ``rate/trim_shift``); 0 undoes the trim (training goes on from the untrimmed state)."""
+
     def clear_trim(self) -> None:
-        """Undo :meth:`trim_rate` (training goes on from the untrimmed state)."""
+        self.set_trim(0.0)
 
     def forward(self, h: torch.Tensor) -> BottleneckOutput:  # pragma: no cover - interface
         raise NotImplementedError

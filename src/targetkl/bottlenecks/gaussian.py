@@ -79,8 +79,8 @@ class GaussianBottleneck(Bottleneck):
         std = F.softplus(raw_scale + self.scale_shift) + self.sigma_eps
         return mean, std
 
-    def clear_trim(self) -> None:
-        self.scale_shift.zero_()
+    def set_trim(self, shift: float) -> None:
+        self.scale_shift.fill_(shift)
 
     @torch.no_grad()
     def trim_rate(self, posteriors: list[tuple[torch.Tensor, torch.Tensor]], target_nats: float,

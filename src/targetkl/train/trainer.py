@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import json
 import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +30,8 @@ from targetkl import rate
 from targetkl.config import Config, ConfigError, from_dict, validate
 from targetkl.data import AudioSet, DataError, load_folder
 from targetkl.data.stream import CropBatches, auto_workers, crop_loader
-from targetkl.inference import CodecRunner, choose_device
+from targetkl.calibration import RateCalibration
+from targetkl.inference import choose_device
 from targetkl.losses import (ReconstructionLoss, feature_matching_loss, lsgan_discriminator_loss,
                              lsgan_generator_loss)
 from targetkl.models.codec import build_codec
@@ -131,7 +130,7 @@ class Trainer:
                                         config.train.seed, self.dist.rank, self.dist.world_size)
         self.workers = config.data.workers if config.data.workers >= 0 else auto_workers(self.dist.local_world_size)
         self._batches = None
-        self.calibration_seconds = 0.0
+        self.calibration = RateCalibration(config, self.train_set, self.device, self._read_or_skip)
         self.data_wait_seconds = 0.0
         torch.manual_seed(config.train.seed)
         self.model = build_codec(config).to(self.device)
@@ -321,50 +320,6 @@ class Trainer:
         frames = self.config.segment_samples // self.model.hop
         torch.randn(ranks * self.config.train.batch_size * per_frame * frames, device=self.device)
 
-    @torch.no_grad()
-    def calibrate_rate(self) -> dict[str, float]:
-        """Measure whole training clips in eval mode and hand the rate to the KL controller.
-
-        ``rate.calibrate_clips`` clips, drawn as a pure function of ``(seed, step)``, each at most
-        ``rate.calibrate_seconds`` (a random window of longer files), read from disk and encoded
-        ``rate.calibrate_batch`` at a time; returns the logged scalars, or nothing for bottlenecks without a
-        KL controller. The time it takes is logged as a share of the run (``time/calibration_share``).
-        """
-        controller = self.model.bottleneck.rate_controller
-        rate_config = self.config.rate
-        if controller is None or rate_config.calibrate_every <= 0 or self.step % rate_config.calibrate_every:
-            return {}
-        started = time.perf_counter()
-        rng = np.random.default_rng([self.config.train.seed, self.step, 0xCA1])
-        longest = int(rate_config.calibrate_seconds * self.config.model.sample_rate)
-        windows = []
-        for index in rng.integers(0, len(self.train_set), rate_config.calibrate_clips):
-            length, start = self.train_set.length(int(index)), 0
-            if length > longest:
-                start = int(rng.integers(0, length - longest + 1))
-                length = longest
-            windows.append(self._read_or_skip(int(index), start, length))
-        windows = [window for window in windows if window is not None]
-        if not windows:
-            return {}
-        encoded = CodecRunner(self.model, self.device, rate_config.calibrate_batch).encode(windows)
-        self.model.train()
-        total_nats = sum(float(e.kl_nats.sum()) for e in encoded)
-        whole_clip_kl = total_nats / max(sum(e.frames for e in encoded), 1)
-        controller.calibrate(whole_clip_kl, rate_config.calibrate_gain)
-        self.calibration_seconds += time.perf_counter() - started
-        kbps = rate.nats_per_frame_to_kbps(whole_clip_kl, self.model.frame_rate)
-        return {"rate/calibration_kbps": kbps, "control/offset_nats": float(controller.offset)}
-
-    def trim_windows(self) -> Iterator[np.ndarray]:
-        """The training audio of the final trim, read one window at a time: ``rate.trim_clips`` clips drawn once
-        from the seed, the first ``rate.calibrate_seconds`` of each (an unreadable one is left out)."""
-        rng = np.random.default_rng([self.config.train.seed, 0x781])
-        chosen = sorted(rng.permutation(len(self.train_set))[:self.config.rate.trim_clips])
-        longest = int(self.config.rate.calibrate_seconds * self.config.model.sample_rate)
-        windows = (self._read_or_skip(int(i), 0, min(self.train_set.length(int(i)), longest)) for i in chosen)
-        return (window for window in windows if window is not None)
-
     def _read_or_skip(self, index: int, start: int, length: int) -> np.ndarray | None:
         """A window of training clip ``index``, or ``None`` (counted as a bad read) when its file cannot be read."""
         try:
@@ -372,37 +327,6 @@ class Trainer:
         except DataError:
             self._note_bad_reads([self.train_set.entries[index].path])
             return None
-
-    @torch.no_grad()
-    def trim_rate(self) -> dict[str, float]:
-        """After the last step: bring the whole-clip rate of ``rate.trim_clips`` training clips (a fixed draw of
-        the seed, each at most ``rate.calibrate_seconds``) to the target with the bottleneck's final trim, measured
-        on the weights that are evaluated (the EMA when kept); returns the logged scalars, or nothing when the
-        bottleneck has no trim or the penalty never reached full weight."""
-        controller = self.model.bottleneck.rate_controller
-        rate_config, target = self.config.rate, self.config.target_nats_per_frame
-        if (controller is None or not controller.has_goal or target is None or rate_config.trim_clips <= 0
-                or controller.ramp() < 1.0):
-            return {}
-        started = time.perf_counter()
-        evaluated = self.ema if self.ema is not None else self.model
-        runner = CodecRunner(evaluated, self.device, rate_config.calibrate_batch)
-        windows, posteriors = self.trim_windows(), []
-        while chunk := list(itertools.islice(windows, max(rate_config.calibrate_batch, 1))):  # memory: one batch
-            posteriors += [(e.z, e.std) for e in runner.encode(chunk)]
-        self.model.train()
-        if not posteriors:
-            return {}
-        trimmed = evaluated.bottleneck.trim_rate(posteriors, target)
-        if self.ema is not None:
-            for kept, buffer in zip(self.model.buffers(), self.ema.buffers()):
-                kept.copy_(buffer)
-        self.calibration_seconds += time.perf_counter() - started
-        if trimmed is None:
-            log.warning("the final rate trim found no shift that reaches the target on %d training clips; the rate "
-                        "is left as trained", len(posteriors))
-            return {}
-        return trimmed
 
     def _adversarial_terms(self, audio: torch.Tensor, decoded: torch.Tensor, terms: dict) -> torch.Tensor:
         """Update the discriminator on this micro-batch; return the generator's adversarial terms."""
@@ -513,14 +437,14 @@ class Trainer:
                     continue
                 self.bad_steps = 0
                 self.step += 1
-                scalars.update(self.calibrate_rate())
+                scalars.update(self.calibration.calibrate(self.model, self.step))
                 if self.step == train.steps:
-                    scalars.update(self.trim_rate())
+                    scalars.update(self.calibration.trim(self.model, self.ema))
                 bar.update(1)
                 if self.step % train.log_every == 0 or self.step == train.steps:
                     scalars = last = host_floats(scalars, over_ranks=self.dist.active)
                     scalars["seconds"] = time.time() - started
-                    scalars["time/calibration_share"] = self.calibration_seconds / max(scalars["seconds"], 1e-9)
+                    scalars["time/calibration_share"] = self.calibration.seconds / max(scalars["seconds"], 1e-9)
                     scalars["time/data_wait_share"] = self.data_wait_seconds / max(scalars["seconds"], 1e-9)
                     logger.log(self.step, scalars)
                     bar.set_postfix(kbps=f"{scalars['rate/kbps']:.3f}", mel=f"{scalars['loss/mel']:.3f}")
