@@ -251,3 +251,17 @@ def test_frechet_embedding_is_pluggable(vae_run, small_corpus, tmp_path):
             run_select(sweep, config=config, embedding="nonesuch", progress=False)
     finally:
         EMBEDDERS.pop("level")
+
+
+def test_the_generator_config_is_read_like_the_codec_config():
+    from targetkl.config import ConfigError
+    from targetkl.gen.train import gen_config
+
+    assert gen_config(assignments=["gen.width=32", "depth=2"], steps=7) == gen_config(
+        assignments=["width=32", "gen.depth=2", "steps=3"], steps=7)
+    config = gen_config("base", ["gen.lr=2e-4"])
+    assert (config.width, config.lr, config.preset) == (512, 2e-4, "base")
+    with pytest.raises(ConfigError, match="unknown key gen.wdth; known keys: .*width"):
+        gen_config(assignments=["wdth=32"])
+    with pytest.raises(ConfigError, match="gen.depth"):
+        gen_config(assignments=["depth=two"])

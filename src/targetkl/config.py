@@ -418,25 +418,29 @@ def apply_overrides(config: Config, overrides: dict[str, Any], where: str = "ove
         if section is None or not dataclasses.is_dataclass(section):
             known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "preset")
             raise ConfigError(f"{where}: unknown section {section_name!r}; known sections: {known}")
-        _apply_section(section, section_values, section_name, where, migrate)
+        apply_section(section, section_values, section_name, where, migrate)
     return config
 
 
-def _apply_section(section: Any, values: Any, path: str, where: str, migrate: bool) -> None:
+def apply_section(section: Any, values: Any, path: str, where: str, migrate: bool = False) -> None:
+    """Set the keys of the mapping ``values`` on the dataclass ``section`` (named ``path`` in messages), each
+    coerced to its field's type, entries' sections one level deeper; ``ConfigError`` naming the key and ``where``
+    on anything unknown or unreadable. Every typed settings dataclass (the codec's sections, the generator's) is
+    read this way."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: section {path!r} must be a mapping of keys to values")
     entries = section.__dict__.get("entries", {})
     names = {f.name for f in dataclasses.fields(section)} - {"entries"}
     for key, value in values.items():
         if key in entries:
-            _apply_section(entries[key], value, f"{path}.{key}", where, migrate)
+            apply_section(entries[key], value, f"{path}.{key}", where, migrate)
             continue
         if key not in names:
             moved = [(name, type(entry).former_keys[key]) for name, entry in entries.items()
                      if key in getattr(type(entry), "former_keys", {})]
             if moved and migrate:
                 for name, new_key in moved:
-                    _apply_section(entries[name], {new_key: value}, f"{path}.{name}", where, migrate)
+                    apply_section(entries[name], {new_key: value}, f"{path}.{name}", where, migrate)
                 continue
             if moved:
                 raise ConfigError(f"{where}: {path}.{key} is now "

@@ -47,8 +47,8 @@ def add_gen_arguments(parser: argparse.ArgumentParser, batch: bool) -> None:
 
     parser.add_argument("--gen-preset", default="tiny", choices=list(GEN_PRESETS),
                         help=f"generator preset: {', '.join(GEN_PRESETS)} (default: tiny)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one generator setting, e.g. --set width=256; repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="gen.KEY=VALUE",
+                        help="override one generator setting, e.g. --set gen.width=256 (or width=256); repeatable")
     parser.add_argument("--steps", type=int, default=None, help="generator training steps")
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     add_quiet_argument(parser, "no progress bars")

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from targetkl.config import ConfigError, coerce, field_type
+from targetkl.config import ConfigError, apply_section, parse_assignments
 from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
 from targetkl.gen.flow import flow_matching_loss, validation_loss
 from targetkl.gen.model import LatentDiT
 from targetkl.gen.text import load_text_encoder
-from targetkl.checkpoints import (CheckpointError, checkpoint_step, latest_checkpoint, load_module, load_state,
-                                       save_checkpoint, state_dict_for_file, write_text_atomic)
+from targetkl.checkpoints import (CheckpointError, checkpoint_step, latest_checkpoint, load_module)
 from targetkl.train.logger import MetricLogger
+from targetkl.train.state import TrainingState, update_ema, write_settings
 from targetkl.inference import choose_device
 from targetkl.train.trainer import step_seed
 
@@ -70,20 +70,15 @@ GEN_PRESETS: dict[str, dict] = {
 
 
 def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **flags) -> GenConfig:
-    """Preset, then ``key=value`` assignments, then flags that are not ``None``."""
+    """Preset, then ``--set gen.KEY=VALUE`` assignments (the section ``gen`` may be left out: ``KEY=VALUE``) read as
+    the codec's config reads its sections (:func:`targetkl.config.apply_section`), then flags that are not
+    ``None``; checked."""
     if preset not in GEN_PRESETS:
         raise ConfigError(f"unknown generator preset {preset!r}; choose one of {', '.join(GEN_PRESETS)}")
     config = dataclasses.replace(GenConfig(), preset=preset, **GEN_PRESETS[preset])
-    names = {f.name for f in dataclasses.fields(GenConfig)}
-    values = {}
-    for item in assignments or []:
-        key, separator, value = item.partition("=")
-        key = key.removeprefix("gen.")
-        if key not in names or not separator:
-            raise ConfigError(f"--set {item!r}: write key=value with a key from {', '.join(sorted(names))}")
-        values[key] = coerce(value, field_type(GenConfig, key), key)
-    values.update({k: v for k, v in flags.items() if v is not None})
-    config = dataclasses.replace(config, **values)
+    dotted = [item if item.startswith("gen.") else f"gen.{item}" for item in assignments or []]
+    apply_section(config, parse_assignments(dotted).get("gen", {}), "gen", "--set")
+    apply_section(config, {k: v for k, v in flags.items() if v is not None}, "gen", "command line")
     if min(config.width, config.depth, config.heads) < 1 or config.frames < 0:
         raise ConfigError(f"width={config.width}, depth={config.depth}, heads={config.heads}: each must be >= 1 "
                           f"(and frames={config.frames} >= 0)")
@@ -137,6 +132,7 @@ class GenTrainer:
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).eval()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.state = TrainingState({"model": self.model, "ema": self.ema}, {"optimizer": self.optimizer})
         self.step = 0
 
     def learning_rate(self, step: int) -> float:
@@ -163,9 +159,7 @@ class GenTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
-        with torch.no_grad():
-            for ema, live in zip(self.ema.parameters(), self.model.parameters()):
-                ema.lerp_(live, 1 - self.config.ema_decay)
+        update_ema(self.ema, self.model, self.config.ema_decay)
         self.step += 1
         return float(loss.detach())
 
@@ -178,34 +172,21 @@ class GenTrainer:
                                self.text[indices].to(self.device))
 
     def save(self) -> Path:
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
-        return save_checkpoint(self.out, self.step, {"model": state_dict_for_file(self.model),
-                                                     "ema": state_dict_for_file(self.ema)}, state)
+        return self.state.save(self.out, self.step)
 
     def resume(self) -> bool:
-        folder = latest_checkpoint(self.out)
-        if folder is None:
-            return False
-        load_module(self.model, folder / "model.safetensors")
-        load_module(self.ema, folder / "ema.safetensors")
-        state = load_state(folder / "state.pt")
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step = int(state["step"])
-        return True
+        state = self.state.resume(self.out)
+        if state is not None:
+            self.step = int(state["step"])
+        return state is not None
 
     def _write_config(self) -> None:
         description = {"config": dataclasses.asdict(self.config), "frames": self.frames, "text_dim": self.text.shape[1],
                        "latents": str(self.latents.folder.resolve()), "latents_info": self.latents.info}
-        path = self.out / CONFIG_FILE
-        if path.is_file():
-            saved = json.loads(path.read_text())
-            keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior")
-            changed = any(saved["config"].get(k) != description["config"][k] for k in keys)
-            if changed or saved["latents_info"] != self.latents.info:
-                raise ConfigError(f"{path}: this generator was started with other settings or latents; "
-                                  "use a new --out folder")
-        write_text_atomic(path, json.dumps(description, indent=2) + "\n")
+        keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior")
+        write_settings(self.out / CONFIG_FILE, description,
+                       lambda saved: ({k: saved["config"].get(k) for k in keys}, saved["latents_info"]),
+                       "generator settings or latents")
 
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)

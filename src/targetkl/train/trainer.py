@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import math
 import signal
@@ -25,7 +24,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from targetkl.errors import UserError
 from targetkl import rate
 from targetkl.config import Config, ConfigError, from_dict, validate
 from targetkl.data import AudioSet, DataError, load_folder
@@ -38,16 +36,12 @@ from targetkl.models.codec import build_codec
 from targetkl.models.discriminators import build_discriminator
 from targetkl.collectives import mean_tensor_over_ranks
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
-from targetkl.checkpoints import (latest_checkpoint, load_module, load_state, save_checkpoint,
-                                       state_dict_for_file)
+from targetkl.checkpoints import latest_checkpoint
 from targetkl.train.logger import MetricLogger, NullLogger
 from targetkl.train.runlock import RunLock
+from targetkl.train.state import TrainingError, TrainingState, update_ema, write_settings
 
 log = logging.getLogger("targetkl.train")
-
-
-class TrainingError(UserError, RuntimeError):
-    """Training cannot go on; the message says why and what was saved."""
 
 
 class TrainingInterrupted(Exception):
@@ -147,6 +141,8 @@ class Trainer:
             self.discriminator = build_discriminator(config.loss, config.model.sample_rate).to(self.device)
             self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=config.loss.discriminator_lr,
                                                     betas=train.betas)
+        self.state = TrainingState({"model": self.model, "ema": self.ema, "discriminator": self.discriminator},
+                                   {"optimizer": self.optimizer, "disc_optimizer": self.disc_optimizer})
         self.training_model = self.model
         if self.dist.active:
             self.training_model = torch.nn.parallel.DistributedDataParallel(
@@ -166,67 +162,33 @@ class Trainer:
                      train.steps, config.rate.free_steps, config.rate.warmup_steps, *fitted)
 
     # ----------------------------------------------------------------- state
-    def _tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        tensors = {"model": state_dict_for_file(self.model)}
-        if self.ema is not None:
-            tensors["ema"] = state_dict_for_file(self.ema)
-        if self.discriminator is not None:
-            tensors["discriminator"] = state_dict_for_file(self.discriminator)
-        return tensors
-
     def save(self) -> Path | None:
         """Write a checkpoint (rank 0 only; other ranks hold the same weights)."""
         if not self.dist.is_main:
             return None
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "disc_optimizer": self.disc_optimizer.state_dict() if self.disc_optimizer else {},
-            "torch_rng": torch.get_rng_state(),
-            "schedule": {"name": self.config.train.schedule, "lr": learning_rate(self.config, self.step)},
-            "bad_steps": self.bad_steps,
-        }
-        return save_checkpoint(self.run_dir, self.step, self._tensors(), state, self.config.train.keep_checkpoints)
+        extra = {"schedule": {"name": self.config.train.schedule, "lr": learning_rate(self.config, self.step)},
+                 "bad_steps": self.bad_steps}
+        return self.state.save(self.run_dir, self.step, extra, self.config.train.keep_checkpoints)
 
     def resume(self) -> bool:
-        folder = latest_checkpoint(self.run_dir)
-        if folder is None:
+        state = self.state.resume(self.run_dir)
+        if state is None:
             return False
-        load_module(self.model, folder / "model.safetensors")
-        if self.ema is not None:
-            load_module(self.ema, folder / "ema.safetensors")
-        if self.discriminator is not None:
-            load_module(self.discriminator, folder / "discriminator.safetensors")
-        state = load_state(folder / "state.pt")
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.disc_optimizer is not None and state.get("disc_optimizer"):
-            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
-        torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
         return True
 
     def _write_config(self) -> None:
-        """Save the resolved config; refuse to resume a run whose model or rate settings differ."""
-        path = self.run_dir / "config.json"
-        current = self.config.to_dict()
-        if path.is_file():
+        """Save the resolved config; refuse to resume a run whose model or rate settings differ (a run saved before
+        a setting existed has that setting's default)."""
+        def fixed(settings: dict) -> dict:
             try:
-                existing = json.loads(path.read_text())
-            except ValueError:
-                existing = None
-            if isinstance(existing, dict):
-                fixed = ("model", "rate")
-                try:  # a run saved before a setting existed has that setting's default
-                    existing = from_dict(existing, where=str(path)).to_dict()
-                except ConfigError:
-                    pass
-                before = json.loads(json.dumps({k: existing.get(k) for k in fixed}))
-                after = json.loads(json.dumps({k: current[k] for k in fixed}))
-                if before != after:
-                    raise TrainingError(f"{path}: this run was started with other model or rate settings; "
-                                        "use a new --out folder, or resume with the run's own settings")
-        path.write_text(json.dumps(current, indent=2) + "\n")
+                settings = from_dict(settings, where=str(self.run_dir / "config.json")).to_dict()
+            except ConfigError:
+                pass
+            return {key: settings.get(key) for key in ("model", "rate")}
+
+        write_settings(self.run_dir / "config.json", self.config.to_dict(), fixed, "model or rate settings")
 
     # ------------------------------------------------------------- one step
     def _autocast(self):
@@ -283,11 +245,7 @@ class Trainer:
             return totals
         self.optimizer.step()
         if self.ema is not None:
-            with torch.no_grad():
-                for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
-                    ema_param.lerp_(param, 1 - train.ema_decay)
-                for ema_buffer, buffer in zip(self.ema.buffers(), self.model.buffers()):
-                    ema_buffer.copy_(buffer)
+            update_ema(self.ema, self.model, train.ema_decay)
         totals.update({"grad_norm": grad_norm.detach(), "lr": lr})
         if self.bad_reads:
             totals["data/bad_reads"] = float(self.bad_reads)
