@@ -154,3 +154,28 @@ def test_perceptual_metrics_of_a_long_clip_score_bounded_windows(monkeypatch):
     assert values["pesq"] == 2.0 and math.isnan(values["visqol"])  # the mean of the windows that scored
     assert metrics.perceptual_windows(25 * rate, rate) == [(0, 10 * rate), (15 * rate, 25 * rate)]
     assert metrics.perceptual_windows(3 * rate, rate) == [(0, 3 * rate)]
+
+
+def test_one_tally_scores_the_clips_of_eval_and_of_the_sweep():
+    """eval's measure and the sweep's classic and .tkl rows take clips one at a time through the same tally."""
+    from targetkl import rate
+    from targetkl.data.audio import AudioClip
+    from targetkl.data.corpus import synthesize_clip
+    from targetkl.eval.measure import ClipTally, latent_use
+    from targetkl.eval.metrics import mel_distance
+
+    audios = [synthesize_clip(0, index, 0.25, 16000)[0] for index in range(6)]
+    clips = [AudioClip(f"{i}.wav", audio, domain="music" if i % 2 else "speech") for i, audio in enumerate(audios)]
+    decodes = [0.5 * audio + 0.01 * np.roll(audio, 7) for audio in audios]
+    tally = ClipTally(16000, neighbours=True)
+    for index, (clip, decode) in enumerate(zip(clips, decodes)):
+        tally.add(clip, decode, bits=1000.0 * (index + 1), span=0.25)
+    summary = tally.summary(rate.bps_to_kbps)
+    assert summary["rate_kbps"] == pytest.approx(21000.0 / 1.5 / 1000)
+    assert summary["rate_kbps_lo"] < summary["rate_kbps"] < summary["rate_kbps_hi"]
+    assert summary["mel_distance"] == pytest.approx(np.mean([mel_distance(a, d, 16000)
+                                                             for a, d in zip(audios, decodes)]), rel=1e-6)
+    assert summary["latent_use"] == pytest.approx(latent_use(audios, decodes, 16000))
+    assert {domain: part["clips"] for domain, part in summary["by_domain"].items()} == {"music": 3, "speech": 3}
+    assert summary["by_domain"]["music"]["rate_kbps"] == pytest.approx((2000 + 4000 + 6000) / 0.75 / 1000)
+    assert "latent_use" not in ClipTally(16000).summary()  # only where the decodes come from a latent

@@ -30,8 +30,7 @@ from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import write_example_clips
 from targetkl.eval.asr import recognizer_for
 from targetkl.eval.classic import CLASSIC_CODECS, run_classic
-from targetkl.eval.measure import measure_rate_and_distortion
-from targetkl.eval.metrics import aggregate_metrics, bootstrap_draws, clip_metrics, ratio_with_interval
+from targetkl.eval.measure import ClipTally, measure_rate_and_distortion
 from targetkl.eval.report import ROW_KEYS, TARGET_KL_SYSTEM, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
 from targetkl.runs import load_run
@@ -253,32 +252,23 @@ class Sweep:
 
     def _distortion(self, decoded: list[np.ndarray], sample_rate: int,
                     bits: list[float] | None = None) -> dict[str, float]:
-        """Each registered metric (``metrics.METRICS``) over the held-out clips against their decoded versions,
-        aggregated as its entry says (SI-SDR: the median), with its 95% interval; with each clip's payload
-        ``bits``, also ``rate_kbps`` and its interval. Where the source gives clips a domain, the same per domain
-        under ``by_domain``."""
-        rows, seconds = [], []
-        for clip, audio in zip(self.held_out, decoded):
-            rows.append(clip_metrics(clip.audio, audio, sample_rate, self.perceptual))
-            seconds.append(clip.audio.shape[-1] / sample_rate)
-            if self.recognizer is not None and clip.caption:
-                rows[-1].update(self.recognizer.clip_errors(clip.caption, clip.audio, audio, sample_rate, clip.path))
+        """The row's metrics (``ROW_KEYS``: each registered metric aggregated as its entry says, with its 95%
+        interval) over the held-out clips against their decoded versions; with each clip's payload ``bits``, also
+        ``rate_kbps`` and its interval. Where the source gives clips a domain, the same per domain under
+        ``by_domain``."""
+        tally = ClipTally(sample_rate, self.perceptual, self.recognizer)
+        for index, (clip, audio) in enumerate(zip(self.held_out, decoded)):
+            tally.add(clip, audio, None if bits is None else bits[index], clip.audio.shape[-1] / sample_rate)
+        summary = tally.summary(rate.bps_to_kbps)
+        kept = (*ROW_KEYS, "rate_kbps", "rate_kbps_lo", "rate_kbps_hi")
 
-        def measured(chosen: list[int]) -> dict:
-            metrics = aggregate_metrics([rows[i] for i in chosen])
-            out = {k: metrics[k] for k in ROW_KEYS if k in metrics}
-            if bits is not None:
-                pooled = ratio_with_interval("bps", np.array([bits[i] for i in chosen], dtype=np.float64),
-                                             np.array([seconds[i] for i in chosen]), bootstrap_draws(len(chosen)))
-                out.update({f"rate_kbps{s}": rate.bps_to_kbps(pooled[f"bps{s}"]) for s in ("", "_lo", "_hi")})
-            return out
+        def row_part(measured: dict) -> dict:
+            return {key: measured[key] for key in kept if key in measured}
 
-        result = measured(list(range(len(rows))))
-        if any(domain is not None for domain in self.domains):
-            result["by_domain"] = {
-                domain: {"clips": len(chosen), **measured(chosen)}
-                for domain in sorted({d for d in self.domains if d is not None})
-                for chosen in [[i for i, d in enumerate(self.domains) if d == domain]]}
+        result = row_part(summary)
+        if "by_domain" in summary:
+            result["by_domain"] = {domain: {"clips": measured["clips"], **row_part(measured)}
+                                   for domain, measured in summary["by_domain"].items()}
         return result
 
     def _examples(self, name: str, decoded: list[np.ndarray], sample_rate: int) -> list[str]:
