@@ -19,6 +19,10 @@ def test_every_output_reads_the_registry():
     assert set(metrics.aggregation_texts()) == set(METRICS)
     assert METRICS["si_sdr"].aggregation == "median" and METRICS["wer"].pooled == ("wer_edits", "wer_words")
     assert metric_names(perceptual=False) == ("mel_distance", "stft_distance", "si_sdr", "wer", "cer")
+    from targetkl.eval import controllers
+
+    assert controllers.DISTORTION == metric_names(perceptual=False)  # a controllers run skips the slow ones
+    assert evaluate.DOMAIN_KEYS == ("rate_kbps", "mel_distance", "stft_distance", "si_sdr", "pesq", "stoi", "visqol")
     with pytest.raises(ValueError, match="pooled counts"):
         register_metric(Metric("broken", "", False, "median", "", pooled=("a", "b")))
 

@@ -11,14 +11,16 @@ import json
 from pathlib import Path
 
 from targetkl.inference import DEFAULT_BATCH_SIZE
+from targetkl.eval.metrics import metric_names
 from targetkl.eval.report import figure_png, write_csv
 from targetkl.eval.sweep import Sweep, SweepPoint
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
 from targetkl.train.logger import read_metrics
 
 SETTLE_TOLERANCE = 0.02
-COLUMNS = ("controller", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "settled_step", "mel_distance",
-           "stft_distance", "si_sdr", "run")
+DISTORTION = metric_names(perceptual=False)  # the registry's metrics that a controllers run measures (no --fast ones)
+COLUMNS = ("controller", "target_kbps", "rate_kbps", "rate_error_percent", "off_target", "settled_step", *DISTORTION,
+           "run")
 
 
 def rate_series(run: Path) -> list[tuple[int, float]]:
@@ -84,8 +86,7 @@ def compare_controllers(data: str | Path, out: str | Path, kbps: list[float], co
         rows.append({"controller": point.system, "target_kbps": point.target_kbps, "rate_kbps": result["rate_kbps"],
                      "rate_error_percent": result["rate_error_percent"], "off_target": result["off_target"],
                      "settled_step": settled_step(series[str(run)], point.target_kbps),
-                     "mel_distance": result["mel_distance"], "stft_distance": result["stft_distance"],
-                     "si_sdr": result["si_sdr"], "run": str(run)})
+                     **{name: result[name] for name in DISTORTION if name in result}, "run": str(run)})
     write_text_atomic(out / "controllers.json", json.dumps(rows, indent=2) + "\n")
     write_csv(out / "controllers.csv", rows, COLUMNS)
     write_bytes_atomic(out / "controllers.png", plot_rates(rows, series))

@@ -20,7 +20,7 @@ from targetkl.runs import load_run
 
 
 DOMAIN_KEYS = ("rate_kbps", *(name for name in metric_names(reference_only=False)  # printed per domain
-                             if METRICS[name].score is not None and name != "stft_distance"))
+                             if METRICS[name].score is not None))
 
 
 def evaluate_model(model: Codec, config: Config, data_dir: str | Path, perceptual: bool = True,
