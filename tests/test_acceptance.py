@@ -190,7 +190,10 @@ def test_select_names_a_bitrate_whose_generations_beat_random_latents(sweep, sel
     for name in ("generation.csv", "generation.png"):
         assert (out / name).stat().st_size > 0
     dom = chromium_dom(out / "report.html")
-    assert 'data-plot="loaded"' in dom and 'data-plots="2"' in dom
+    assert 'data-plot="loaded"' in dom and 'data-plots="3"' in dom  # rd.png, geometry.png, generation.png
+    for row in saved["rows"]:  # each VAE's latent geometry beside its generation scores (generation.csv too)
+        assert row["smoothness_slope"] > 0 and 1 / 8 <= row["interp_max_jump"] <= 1, row["label"]
+        assert 1 <= row["latent_effective_dim"] <= 16 and 0 <= row["active_channels"] <= 16, row["label"]
     for row in saved["rows"]:
         assert len(row["audio"]) == len(row["prompts"]) >= 3
         assert all(sf.read(path)[0].shape == (16000,) for path in row["audio"])

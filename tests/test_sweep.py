@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 
@@ -105,6 +106,31 @@ def test_resumed_sweep_retrains_nothing_and_extends_only_new_points(small_sweep,
                                                                   "rvq-1kbps", "rvq-2kbps"]
 
 
+def test_every_trained_point_carries_its_latent_geometry(small_sweep, small_corpus):
+    """rd.json/rd.csv carry the geometry of every trained codec (targetkl.eval.geometry); a row cached before the
+    geometry existed gets it on the next run without retraining."""
+    from targetkl.eval.geometry import GEOMETRY_KEYS, SMOOTHNESS_LEVELS
+
+    out, rows, _ = small_sweep
+    by_name = {f"{r['system']}-{r['label']}": json.loads(json.dumps(r)) for r in rows}  # as rd.json has them
+    for name in ("vae-1kbps", "rvq-1kbps", "beta-0.01", "ae-width4"):
+        row = by_name[name]
+        assert row["smoothness_curve"]["levels"] == list(SMOOTHNESS_LEVELS), name
+        assert row["smoothness_slope"] > 0 and row["geometry_clips"] == 1, name  # this corpus holds one clip out
+        assert math.isnan(row["interp_max_jump"]), name  # which leaves no pair to interpolate between
+        assert row["latent_condition_number"] >= 1 and 1 <= row["latent_effective_dim"] <= 16, name
+    assert 0 <= by_name["vae-1kbps"]["active_channels"] <= 16 and math.isnan(by_name["rvq-1kbps"]["active_channels"])
+    assert "smoothness_slope" not in by_name["codec2-1300"] and "smoothness_slope" not in by_name["tkl-1kbps"]
+    header = (out / "rd.csv").read_text().splitlines()[0].split(",")
+    assert set(GEOMETRY_KEYS) <= set(header)
+    cache = out / "runs" / "vae-1kbps" / "sweep_eval.json"
+    cached = json.loads(cache.read_text())
+    old = {k: v for k, v in cached.items() if k not in GEOMETRY_KEYS and k != "smoothness_curve"}
+    cache.write_text(json.dumps(old))
+    again, sweep = run_sweep(small_corpus, out, [1.0], [], assignments=QUICK, perceptual=False, progress=False)
+    assert sweep.trained == [] and again[0]["smoothness_slope"] == pytest.approx(cached["smoothness_slope"])
+
+
 def test_interrupted_point_is_resumed_not_restarted(small_sweep, small_corpus):
     out, _, _ = small_sweep
     run = out / "runs" / "vae-1kbps"
@@ -127,7 +153,8 @@ def test_report_page_renders_in_headless_chromium_and_its_audio_decodes(small_sw
     assert "rd.png" in text
     flags = chromium_flags()
     dom = chromium_dom(page)
-    assert 'data-plot="loaded"' in dom and 'data-plots="1"' in dom
+    assert 'data-plot="loaded"' in dom and 'data-plots="2"' in dom  # rd.png and geometry.png
+    assert "<h2>Latent geometry</h2>" in text and (out / "geometry.png").is_file()
     shot = tmp_path / "report.png"
     subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120, check=True)
     import matplotlib.image

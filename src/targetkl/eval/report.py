@@ -15,6 +15,7 @@ import math
 import os
 from pathlib import Path
 
+from targetkl.eval.geometry import GEOMETRY_KEYS
 from targetkl.eval.metrics import METRICS as REGISTERED
 from targetkl.eval.metrics import aggregation_texts, metric_names
 from targetkl.fileio import write_bytes_atomic, write_text_atomic
@@ -29,7 +30,7 @@ ROW_KEYS = tuple(key + suffix for key in ROW_METRICS for suffix in ("", *INTERVA
 HIGHER_IS_BETTER = {name for name, metric in REGISTERED.items() if metric.higher_is_better}
 COLUMNS = ("system", "label", "domain", "target_kbps", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
            "rate_error_percent", "off_target", "file_kbps", "latent_values_per_second", *ROW_KEYS, "latent_use",
-           "latent_use_lo", "latent_use_hi", "run")
+           "latent_use_lo", "latent_use_hi", *GEOMETRY_KEYS, "run")
 TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
 SYSTEM_NAMES = {"vae": "target-KL VAE", "vae-oobleck": "target-KL VAE, Oobleck", "vae-dac": "target-KL VAE, DAC",
                 "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
@@ -140,6 +141,56 @@ def plot_rate_distortion(rows: list[dict]) -> bytes:
     return figure_png(figure)
 
 
+GEOMETRY_LABELS = {"smoothness_slope": "smoothness slope (mel distance per latent std; lower: smoother)",
+                   "interp_max_jump": "interpolation: largest step / path length (lower: no cliffs)",
+                   "latent_condition_number": "latent covariance condition number (log)",
+                   "latent_effective_dim": "latent effective dimension (entropy rank)",
+                   "active_channels": "active channels (KL >= 0.1 nats per frame)"}
+
+
+def geometry_rows(rows: list[dict]) -> list[dict]:
+    """The rows whose latent geometry was measured (trained codecs), all clips pooled."""
+    return [r for r in pooled_rows(rows) if _has_value(r.get("smoothness_slope"))]
+
+
+def plot_geometry(rows: list[dict]) -> bytes:
+    """PNG bytes: the smoothness curves of the target-KL VAEs (one line per bitrate), then each geometry measure
+    against measured kbps, one line per system (see :mod:`targetkl.eval.geometry`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in geometry_rows(rows) if _has_value(r.get("rate_kbps"))]
+    figure, axes = plt.subplots(2, 3, figsize=(15, 7.6), squeeze=False)
+    curves = axes.flat[0]
+    for row in sorted((r for r in measured if r["system"] == TARGET_KL_SYSTEM), key=lambda r: r["rate_kbps"]):
+        curve = row.get("smoothness_curve") or {}
+        if curve.get("levels"):
+            curves.plot(curve["levels"], curve["mel_distance"], "o-", label=f"{row['rate_kbps']:.2f} kbps")
+    curves.set_xlabel("a: latent noise in units of each channel's std")
+    curves.set_ylabel("mel distance of decode(z + a sigma n) to decode(z)")
+    curves.set_title("smoothness (target-KL VAEs)", fontsize=9)
+    if curves.lines:
+        curves.legend(fontsize=7)
+    systems = list(dict.fromkeys(r["system"] for r in measured))
+    for axis, key in zip(list(axes.flat)[1:], GEOMETRY_KEYS):
+        for system in systems:
+            points = sorted((r["rate_kbps"], r[key]) for r in measured
+                            if r["system"] == system and _has_value(r.get(key)) and math.isfinite(r[key]))
+            if points:
+                axis.plot(*zip(*points), "o-", label=SYSTEM_NAMES.get(system, system),
+                          linewidth=2 if system == TARGET_KL_SYSTEM else 1)
+        axis.set_xscale("log")
+        if key == "latent_condition_number":
+            axis.set_yscale("log")
+        axis.set_xlabel("measured kbps (held-out)")
+        axis.set_title(GEOMETRY_LABELS[key], fontsize=9)
+        if axis.lines:
+            axis.legend(fontsize=7)
+    return figure_png(figure)
+
+
 def _format(value, digits: int = 3) -> str:
     if isinstance(value, bool):
         return "<b>yes</b>" if value else "no"
@@ -219,6 +270,17 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
                   _table([r for r in domain_rows if r["domain"] == domain],
                          ("system", "label", "clips", "target_kbps", "rate_kbps", "rate_error_percent", "off_target",
                           *METRICS))]
+    geometry = geometry_rows(rows)
+    if geometry:
+        parts += ["<h2>Latent geometry</h2>",
+                  "<p>On the latents of the first held-out clips (see targetkl.eval.geometry): smoothness is the mel "
+                  "distance between decode(z) and decode(z + a&middot;sigma&middot;noise), sigma each channel's "
+                  "std, and its slope over a; interp_max_jump the largest step along the straight line between two "
+                  "clips' latents over the decoded path's length (1/8 for an even path, 1 for a cliff); the "
+                  "covariance's condition number and entropy effective dimension; active channels carry at least "
+                  "0.1 nats per frame (VAEs).</p>",
+                  "<img id='geometry' src='geometry.png' alt='latent geometry vs bitrate'>",
+                  _table(geometry, ("system", "label", "rate_kbps", "latent_use", *GEOMETRY_KEYS))]
     parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
     if generation:
         parts.append(_generation_section(generation, out))
@@ -233,7 +295,7 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
 GENERATION_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance", "text_match", "text_match_random_latents",
                       "text_match_reconstructions", "frechet_distance", "frechet_distance_random_latents", "kad",
                       "kad_random_latents", "val_loss",
-                      "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1")
+                      "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1", *GEOMETRY_KEYS)
 
 
 def _generation_section(generation: dict, out: Path) -> str:
@@ -275,6 +337,8 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
                                                      indent=2) + "\n")
     write_csv(out / "rd.csv", public)
     write_bytes_atomic(out / "rd.png", plot_rate_distortion(public))
+    if geometry_rows(public):
+        write_bytes_atomic(out / "geometry.png", plot_geometry(public))
     refresh_report(out)
 
 

@@ -30,6 +30,7 @@ from targetkl.data import AudioClip, load_folder
 from targetkl.data.audio import write_example_clips
 from targetkl.eval.asr import recognizer_for
 from targetkl.eval.classic import CLASSIC_CODECS, run_classic
+from targetkl.eval.geometry import GEOMETRY_CLIPS, latent_geometry
 from targetkl.eval.measure import ClipTally, measure_rate_and_distortion
 from targetkl.eval.report import ROW_KEYS, TARGET_KL_SYSTEM, write_report
 from targetkl.inference import DEFAULT_BATCH_SIZE, CodecRunner, choose_device
@@ -284,6 +285,9 @@ class Sweep:
         if (_usable(cached) and cached.get("step") == config.train.steps
                 and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
+            if "smoothness_slope" not in cached:  # a row measured before the latent's geometry was
+                cached.update(self._geometry(load_run(run, self.device).model))
+                _save_row(cache, cached)
             return self._placed(cached, point.name, run)
         if not finished:
             Trainer(config, self.data, run, progress=self.progress).run().finished()
@@ -303,11 +307,17 @@ class Sweep:
             row["by_domain"] = {domain: {k: values[k] for k in ("clips", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
                                                                  *ROW_KEYS) if k in values}
                                 for domain, values in result["by_domain"].items()}
+        row.update(self._geometry(loaded.model))
         if not point.rated:
             row["rate_kbps"] = row["rate_kbps_lo"] = row["rate_kbps_hi"] = None
             row["latent_values_per_second"] = config.model.latent_dim * config.model.frame_rate
         row.update(point.row)
         return _save_row(cache, self._placed(row, point.name, run))
+
+    def _geometry(self, model) -> dict:
+        """The latent's geometry on the first held-out clips (:func:`targetkl.eval.geometry.latent_geometry`)."""
+        clips = [self.held_out[i].audio for i in range(min(GEOMETRY_CLIPS, len(self.held_out)))]
+        return latent_geometry(model, clips, batch_size=self.batch_size)
 
     @staticmethod
     def _finished_step(run: Path) -> int | None:
