@@ -11,7 +11,8 @@ import torch
 
 from targetkl.config import apply_overrides, preset
 from targetkl.data.corpus import synthesize_clip
-from targetkl.eval.geometry import (ACTIVE_NATS, GEOMETRY_KEYS, active_channels, conditioning, latent_geometry)
+from targetkl.eval.geometry import (ACTIVE_NATS, GEOMETRY_KEYS, MAX_CONDITION, active_channels, conditioning,
+                                    latent_geometry)
 from targetkl.models.codec import build_codec
 
 
@@ -26,6 +27,9 @@ def test_conditioning_of_a_known_covariance():
     assert measured["latent_effective_dim"] == pytest.approx(math.exp(-(share * np.log(share)).sum()), rel=0.01)
     flat = conditioning([torch.randn(4, 100_000, generator=generator)])
     assert flat["latent_effective_dim"] == pytest.approx(4.0, rel=0.01)  # every direction alike: the channel count
+    plane = torch.randn(2, 1000, generator=generator)
+    singular = conditioning([torch.cat([plane, plane.sum(0, keepdim=True)])])  # 3 channels spanning 2 dimensions
+    assert singular["latent_condition_number"] == MAX_CONDITION  # finite, so rd.json stays JSON
 
 
 def test_active_channels_count_the_kl_each_channel_carries():
@@ -50,6 +54,8 @@ def test_a_decoder_that_ignores_its_latent_is_flat_and_one_that_reads_it_grows()
     curve = grows["smoothness_curve"]["mel_distance"]
     assert all(later > earlier for earlier, later in zip(curve, curve[1:])) and grows["smoothness_slope"] > 0.1
     assert 1 / 8 <= grows["interp_max_jump"] < 1
+    for key in ("smoothness_slope", "interp_max_jump"):
+        assert grows[f"{key}_lo"] <= grows[key] <= grows[f"{key}_hi"], key  # the bootstrap interval of the mean
     assert set(GEOMETRY_KEYS) <= set(grows) and grows["geometry_clips"] == 4
     assert 1 <= grows["latent_effective_dim"] <= reading.latent_dim and grows["active_channels"] >= 1
 

@@ -109,7 +109,7 @@ def test_resumed_sweep_retrains_nothing_and_extends_only_new_points(small_sweep,
 def test_every_trained_point_carries_its_latent_geometry(small_sweep, small_corpus):
     """rd.json/rd.csv carry the geometry of every trained codec (targetkl.eval.geometry); a row cached before the
     geometry existed gets it on the next run without retraining."""
-    from targetkl.eval.geometry import GEOMETRY_KEYS, SMOOTHNESS_LEVELS
+    from targetkl.eval.geometry import GEOMETRY_COLUMNS, GEOMETRY_KEYS, SMOOTHNESS_LEVELS
 
     out, rows, _ = small_sweep
     by_name = {f"{r['system']}-{r['label']}": json.loads(json.dumps(r)) for r in rows}  # as rd.json has them
@@ -121,11 +121,12 @@ def test_every_trained_point_carries_its_latent_geometry(small_sweep, small_corp
         assert row["latent_condition_number"] >= 1 and 1 <= row["latent_effective_dim"] <= 16, name
     assert 0 <= by_name["vae-1kbps"]["active_channels"] <= 16 and math.isnan(by_name["rvq-1kbps"]["active_channels"])
     assert "smoothness_slope" not in by_name["codec2-1300"] and "smoothness_slope" not in by_name["tkl-1kbps"]
+    json.loads((out / "rd.json").read_text(), parse_constant=lambda name: pytest.fail(f"rd.json holds {name}"))
     header = (out / "rd.csv").read_text().splitlines()[0].split(",")
-    assert set(GEOMETRY_KEYS) <= set(header)
+    assert set(GEOMETRY_KEYS) < set(GEOMETRY_COLUMNS) <= set(header)
     cache = out / "runs" / "vae-1kbps" / "sweep_eval.json"
     cached = json.loads(cache.read_text())
-    old = {k: v for k, v in cached.items() if k not in GEOMETRY_KEYS and k != "smoothness_curve"}
+    old = {k: v for k, v in cached.items() if k not in GEOMETRY_COLUMNS and k != "smoothness_curve"}
     cache.write_text(json.dumps(old))
     again, sweep = run_sweep(small_corpus, out, [1.0], [], assignments=QUICK, perceptual=False, progress=False)
     assert sweep.trained == [] and again[0]["smoothness_slope"] == pytest.approx(cached["smoothness_slope"])

@@ -15,10 +15,10 @@ import math
 import os
 from pathlib import Path
 
-from targetkl.eval.geometry import GEOMETRY_KEYS
+from targetkl.eval.geometry import GEOMETRY_COLUMNS, GEOMETRY_KEYS
 from targetkl.eval.metrics import METRICS as REGISTERED
 from targetkl.eval.metrics import aggregation_texts, metric_names
-from targetkl.fileio import write_bytes_atomic, write_text_atomic
+from targetkl.fileio import without_nan, write_bytes_atomic, write_text_atomic
 from targetkl import rate
 from targetkl.rate import OFF_TARGET_PERCENT
 
@@ -30,7 +30,7 @@ ROW_KEYS = tuple(key + suffix for key in ROW_METRICS for suffix in ("", *INTERVA
 HIGHER_IS_BETTER = {name for name, metric in REGISTERED.items() if metric.higher_is_better}
 COLUMNS = ("system", "label", "domain", "target_kbps", "rate_kbps", "rate_kbps_lo", "rate_kbps_hi",
            "rate_error_percent", "off_target", "file_kbps", "latent_values_per_second", *ROW_KEYS, "latent_use",
-           "latent_use_lo", "latent_use_hi", *GEOMETRY_KEYS, "run")
+           "latent_use_lo", "latent_use_hi", *GEOMETRY_COLUMNS, "run")
 TARGET_KL_SYSTEM = "vae"  # the sweep's name for the target-KL VAEs (the other systems are baselines)
 SYSTEM_NAMES = {"vae": "target-KL VAE", "vae-oobleck": "target-KL VAE, Oobleck", "vae-dac": "target-KL VAE, DAC",
                 "tkl": "target-KL VAE, .tkl files", "rvq": "RVQ (same codec)", "beta": "fixed-beta VAE",
@@ -176,17 +176,19 @@ def plot_geometry(rows: list[dict]) -> bytes:
     systems = list(dict.fromkeys(r["system"] for r in measured))
     for axis, key in zip(list(axes.flat)[1:], GEOMETRY_KEYS):
         for system in systems:
-            points = sorted((r["rate_kbps"], r[key]) for r in measured
+            points = sorted((r["rate_kbps"], r[key], r.get(f"{key}_lo"), r.get(f"{key}_hi")) for r in measured
                             if r["system"] == system and _has_value(r.get(key)) and math.isfinite(r[key]))
             if points:
-                axis.plot(*zip(*points), "o-", label=SYSTEM_NAMES.get(system, system),
-                          linewidth=2 if system == TARGET_KL_SYSTEM else 1)
+                low = [p[1] - p[2] if _has_value(p[2]) else 0.0 for p in points]
+                high = [p[3] - p[1] if _has_value(p[3]) else 0.0 for p in points]
+                axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[low, high], fmt="o-", capsize=3,
+                              label=SYSTEM_NAMES.get(system, system), linewidth=2 if system == TARGET_KL_SYSTEM else 1)
         axis.set_xscale("log")
         if key == "latent_condition_number":
             axis.set_yscale("log")
         axis.set_xlabel("measured kbps (held-out)")
         axis.set_title(GEOMETRY_LABELS[key], fontsize=9)
-        if axis.lines:
+        if axis.lines or axis.containers:
             axis.legend(fontsize=7)
     return figure_png(figure)
 
@@ -295,7 +297,7 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
 GENERATION_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance", "text_match", "text_match_random_latents",
                       "text_match_reconstructions", "frechet_distance", "frechet_distance_random_latents", "kad",
                       "kad_random_latents", "val_loss",
-                      "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1", *GEOMETRY_KEYS)
+                      "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1", *GEOMETRY_COLUMNS)
 
 
 def _generation_section(generation: dict, out: Path) -> str:
@@ -331,7 +333,7 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
     """Write ``rd.csv``, ``rd.json``, ``rd.png``, ``sweep.json`` (preset and data) and ``report.html``."""
     out.mkdir(parents=True, exist_ok=True)
     public = [{k: v for k, v in r.items() if k != "perceptual"} for r in with_domain_rows(rows)]
-    write_text_atomic(out / "rd.json", json.dumps(public, indent=2) + "\n")
+    write_text_atomic(out / "rd.json", json.dumps(without_nan(public), indent=2) + "\n")  # NaN as null
     write_text_atomic(out / "sweep.json", json.dumps({"preset": preset, "data": str(Path(data).resolve()),
                                                       "originals": originals, "aggregation": aggregation_texts()},
                                                      indent=2) + "\n")

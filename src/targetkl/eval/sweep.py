@@ -285,7 +285,7 @@ class Sweep:
         if (_usable(cached) and cached.get("step") == config.train.steps
                 and cached.get("perceptual") == self.perceptual
                 and cached.get("speech") == (self.recognizer is not None)):
-            if "smoothness_slope" not in cached:  # a row measured before the latent's geometry was
+            if "smoothness_slope_lo" not in cached:  # a row measured before the latent's geometry (with intervals)
                 cached.update(self._geometry(load_run(run, self.device).model))
                 _save_row(cache, cached)
             return self._placed(cached, point.name, run)

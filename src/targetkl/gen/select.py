@@ -30,7 +30,7 @@ from targetkl.data.audio import write_example_clips
 from targetkl.eval.sweep import SweepError
 from targetkl.gen.classifier import Judge, load_judge, train_judge
 from targetkl.gen.dataset import load_latent_set, pre_encode
-from targetkl.eval.geometry import GEOMETRY_KEYS
+from targetkl.eval.geometry import GEOMETRY_COLUMNS
 from targetkl.gen.evaluate import (AudioEmbedder, audio_embedder_factory, decoder_sensitivity, evaluate_generator,
                                    prompt_rows, text_match)
 from targetkl.gen.sample import decode_latents
@@ -241,7 +241,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
         scored = evaluate_point(sweep, row, judge, embed, embedding, real_embeddings, config, repeats,
                                 sample_steps, cfg, seed, device)
-        rows.append({**scored, **{key: row.get(key) for key in (*GEOMETRY_KEYS, "smoothness_curve")}})
+        rows.append({**scored, **{key: row.get(key) for key in (*GEOMETRY_COLUMNS, "smoothness_curve")}})
     best = best_row(rows)
     result = {"best_kbps": best["rate_kbps"], "best_label": best["label"], "selection_rule": SELECTION_RULE,
               "judge": {"classes": judge.classes, "held_out_accuracy": judge.accuracy,
