@@ -134,7 +134,7 @@ def latent_geometry(model: Codec, audios: list[np.ndarray], clips: int = GEOMETR
     encoded = runner.encode(list(audios[:clips]))
     latents = [e.z.float() for e in encoded]
     if not latents:
-        return {key: math.nan for key in GEOMETRY_KEYS}
+        return {key: math.nan for key in GEOMETRY_COLUMNS}
     sigma = torch.cat(latents, dim=-1).std(dim=-1).clamp_min(1e-6) if sum(z.shape[-1] for z in latents) > 1 \
         else torch.ones(latents[0].shape[0])
     return {**smoothness(runner, latents, sigma, model.sample_rate, seed),

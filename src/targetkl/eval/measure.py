@@ -109,10 +109,10 @@ class ClipTally:
         """Every metric aggregated over the clips as its registry entry says, with its interval; ``clips``,
         ``aggregation`` and ``unscored``; with bits, ``rate_kbps`` and its interval; with neighbours,
         ``latent_use``; where the source gives clips a domain, the rate and metrics per domain in ``by_domain``."""
-        everything = list(range(len(self.rows)))
+        rated = bool(self.bits) and to_kbps is not None
         result: dict = {"clips": len(self.rows)}
-        if self.bits and to_kbps is not None:
-            result.update(self._rate(everything, to_kbps))
+        if rated:
+            result.update(self._rate(list(range(len(self.rows))), to_kbps))
         if self.neighbours is not None:
             result.update(self.neighbours.latent_use())
         result.update(aggregate_metrics(self.rows))
@@ -123,7 +123,7 @@ class ClipTally:
             result["by_domain"] = {}
             for domain in sorted({d for d in self.domains if d is not None}):
                 chosen = [i for i, d in enumerate(self.domains) if d == domain]
-                rates = self._rate(chosen, to_kbps) if self.bits and to_kbps is not None else {}
+                rates = self._rate(chosen, to_kbps) if rated else {}
                 result["by_domain"][domain] = {**rates, "clips": len(chosen),
                                                **aggregate_metrics([self.rows[i] for i in chosen])}
         return result

@@ -54,14 +54,12 @@ def _load_built_in() -> None:
 
 def architecture(name: str) -> Architecture:
     """The registered architecture ``name``; ``ConfigError`` naming the known ones otherwise."""
-    _load_built_in()
     if name not in ARCHITECTURES:
         raise ConfigError(f"model.architecture={name!r}: choose {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[name]
 
 
 def architecture_names() -> list[str]:
-    _load_built_in()
     return sorted(ARCHITECTURES)
 
 
