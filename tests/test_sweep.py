@@ -230,3 +230,12 @@ def test_listen_writes_a_test_page_for_a_real_sweep(small_sweep, tmp_path):
                                                                           ["originals"])
     page = (tmp_path / "test" / "index.html").read_text()
     assert page.count("data:audio/wav;base64,") == test["clips"] * (1 + len(test["stimuli"]))
+
+
+def test_a_target_the_codec_cannot_carry_fails_before_any_point_trains(small_corpus, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main_cli(["sweep", "--data", str(small_corpus), "--out", str(out), "--kbps", "1,16", "--baselines", "",
+                     "--set", "train.steps=2", "--fast", "-q"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "rate.target_kbps=16.0 is above what" in error
+    assert not (out / "runs").exists()  # the 1 kbps point did not train first

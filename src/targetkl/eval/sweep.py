@@ -390,6 +390,9 @@ def run_sweep(data: str | Path, out: str | Path, kbps: list[float], baselines: l
     extra = {name: architecture_flags(preset, name) for name in architectures or []
              if name != sweep.base.model.architecture}
     points = plan_sweep(kbps, baselines, sweep.base.model.frame_rate, betas, ae_widths, extra)
+    for point in points:  # a target the codec cannot carry fails now, not after the points before it have trained
+        if point.setting is None:
+            sweep.config_for(point)
     rows = sweep.run(points)
     write_report(Path(out), [_clean(r) for r in rows], sweep.originals(), preset=preset, data=str(data))
     return rows, sweep
