@@ -55,11 +55,13 @@ def add_gen_arguments(parser: argparse.ArgumentParser, batch: bool) -> None:
     add_device_argument(parser, batch)
 
 
-def gen_config(args: argparse.Namespace):
-    """The generator's config from ``--gen-preset``, ``--set``, ``--steps``, ``--seed`` and ``--device``."""
+def gen_config(args: argparse.Namespace, task: str | None = None):
+    """The generator's config from ``--gen-preset``, ``--set``, ``--steps``, ``--seed``, ``--device`` and ``task``
+    (``--task`` of gen-train, or select's)."""
     from targetkl.gen.train import gen_config as resolve_gen_config
 
-    return resolve_gen_config(args.gen_preset, args.set, steps=args.steps, seed=args.seed, device=args.device)
+    return resolve_gen_config(args.gen_preset, args.set, steps=args.steps, seed=args.seed, device=args.device,
+                              task=task or getattr(args, "task", None))
 
 
 def add_file_arguments(parser: argparse.ArgumentParser, input_help: str, output_help: str) -> None:

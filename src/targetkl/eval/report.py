@@ -250,7 +250,7 @@ CHECK_SCRIPT = """<script>window.addEventListener('load', function () {
 
 
 def render_html(rows: list[dict], originals: list[str], out: Path, title: str, generation: dict | None = None,
-                listening: dict | None = None) -> str:
+                listening: dict | None = None, speech: dict | None = None) -> str:
     domain_rows = [r for r in rows if r.get("domain", "all") != "all"]
     rows = pooled_rows(rows)
     rated, autoencoders = rate_rows(rows), [r for r in rows if not _has_value(r.get("rate_kbps"))]
@@ -286,6 +286,8 @@ def render_html(rows: list[dict], originals: list[str], out: Path, title: str, g
     parts += ["<h2>Listen: the same held-out clips</h2>", _players(rows, originals, out)]
     if generation:
         parts.append(_generation_section(generation, out))
+    if speech:
+        parts.append(_speech_section(speech, out))
     if listening:
         from targetkl.eval.listen import results_section
 
@@ -300,15 +302,43 @@ GENERATION_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance", "text
                       "sensitivity_0.1", "sensitivity_0.3", "sensitivity_1", *GEOMETRY_COLUMNS)
 
 
-def _generation_section(generation: dict, out: Path) -> str:
-    """``targetkl select``'s results: plot, table, the chosen bitrate and generated examples per bitrate."""
-    judge = generation["judge"]
-    rows = generation["rows"]
+TTS_COLUMNS = ("label", "target_kbps", "rate_kbps", "mel_distance",
+               *(f"{name}{key}{tail}" for name in ("wer", "cer")
+                 for key in ("", "_reconstructions", "_random_latents", "_original") for tail in ("", "_lo", "_hi")),
+               "val_loss", *GEOMETRY_COLUMNS)
+
+
+def _example_players(rows: list[dict], out: Path) -> str:
     players = []
     for row in rows:
         cells = "".join(f"<td>{html.escape(prompt)}<br>{_audio_tag(path, out)}</td>"
                         for prompt, path in zip(row.get("prompts") or [], row.get("audio") or []))
         players.append(f"<tr><td>{html.escape(row['label'])}</td>{cells}</tr>")
+    return "<h3>Generated examples</h3><table class='audio'><tbody>" + "".join(players) + "</tbody></table>"
+
+
+def _speech_section(generation: dict, out: Path) -> str:
+    """``targetkl select --task tts``'s results: plot, table, the chosen bitrate and generated speech per bitrate."""
+    return "\n".join([
+        "<h2>Text-to-speech: which bitrate's latents speak most intelligibly</h2>",
+        f"<p>The same text-to-speech generator ({html.escape(str(generation['generator']))}) was trained on each "
+        f"VAE's latents. Best: <b>{generation['best_kbps']:.3f} kbps</b> ({html.escape(generation['best_label'])}; "
+        f"{html.escape(generation['selection_rule'])})"
+        + (f"; its WER interval overlaps those of {html.escape(', '.join(generation['indistinguishable_from_best']))}"
+           ", so it is not called better than them" if generation.get("indistinguishable_from_best") else "")
+        + ".</p>",
+        f"<p>Recognizer: {html.escape(generation['recognizer'])}. WER/CER pooled over the held-out transcripts "
+        "with 95% bootstrap intervals over clips (_lo, _hi). Reconstructions: the VAE's own decodes (the ceiling); "
+        "random latents: Gaussian noise with the latents' per-channel mean and std, as long as the duration rule "
+        "says, decoded by the same VAE (the floor); original: the recordings (the recognizer's own error).</p>",
+        "<img id='generation-tts' src='generation-tts.png' alt='speech intelligibility vs bitrate'>",
+        _table(generation["rows"], TTS_COLUMNS), _example_players(generation["rows"], out)])
+
+
+def _generation_section(generation: dict, out: Path) -> str:
+    """``targetkl select``'s results: plot, table, the chosen bitrate and generated examples per bitrate."""
+    judge = generation["judge"]
+    rows = generation["rows"]
     return "\n".join([
         "<h2>Generation: which bitrate's latents generate best</h2>",
         f"<p>The same text-to-latent generator ({html.escape(str(generation['generator']))}) was trained on each "
@@ -325,8 +355,7 @@ def _generation_section(generation: dict, out: Path) -> str:
         "Sensitivity a: mel distance between decode(z) and "
         "decode(z + a&middot;std&middot;noise).</p>",
         "<img id='generation' src='generation.png' alt='generation quality vs bitrate'>",
-        _table(rows, GENERATION_COLUMNS),
-        "<h3>Generated examples</h3><table class='audio'><tbody>" + "".join(players) + "</tbody></table>"])
+        _table(rows, GENERATION_COLUMNS), _example_players(rows, out)])
 
 
 def write_report(out: Path, rows: list[dict], originals: list[str], preset: str, data: str) -> None:
@@ -346,13 +375,12 @@ def write_report(out: Path, rows: list[dict], originals: list[str], preset: str,
 
 def refresh_report(out: Path) -> None:
     """(Re)write ``report.html`` from ``rd.json`` and ``sweep.json``, with ``targetkl select``'s section when
-    ``generation.json`` exists and the listening test's when ``listening.json`` does."""
+    ``generation.json`` exists, ``select --task tts``'s when ``generation-tts.json`` does and the listening test's
+    when ``listening.json`` does."""
     rows = json.loads((out / "rd.json").read_text())
     sweep = json.loads((out / "sweep.json").read_text())
-    generation_file = out / "generation.json"
-    generation = json.loads(generation_file.read_text()) if generation_file.is_file() else None
-    listening_file = out / "listening.json"
-    listening = json.loads(listening_file.read_text()) if listening_file.is_file() else None
+    generation, speech, listening = (json.loads((out / name).read_text()) if (out / name).is_file() else None
+                                     for name in ("generation.json", "generation-tts.json", "listening.json"))
     title = f"targetkl rate-distortion sweep ({sweep['preset']} preset, data {sweep['data']})"
     write_text_atomic(out / "report.html", render_html(rows, sweep["originals"], out, title, generation,
-                                                             listening))
+                                                             listening, speech))

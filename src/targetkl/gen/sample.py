@@ -1,4 +1,5 @@
-"""From prompts to audio: embed the text, sample latents with the flow model, decode with the VAE."""
+"""From prompts to audio: read the text as the generator's task does (caption embedding or transcript tokens),
+sample latents with the flow model, decode with the VAE."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import soundfile as sf
 import torch
 
 from targetkl.gen.flow import sample
-from targetkl.gen.text import load_text_encoder
 from targetkl.gen.train import LoadedGenerator, load_generator
 from targetkl.models.codec import Codec, model_fingerprint
 from targetkl.inference import CodecRunner, choose_device
@@ -34,9 +34,11 @@ def decoder_for(generator: LoadedGenerator, device: torch.device | str = "cpu") 
     return model
 
 
-def frames_for(generator: LoadedGenerator, seconds: float | None) -> int:
+def frames_for(generator: LoadedGenerator, seconds: float | None) -> int | None:
+    """``seconds`` in latent frames; ``None`` (no ``seconds``): the generator's own length (text-to-sound: its
+    training length; text-to-speech: its duration rule per prompt)."""
     if seconds is None:
-        return int(generator.description["frames"])
+        return None
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"--seconds {seconds}: generate between one latent frame and {MAX_SECONDS:g} s")
     frames = int(round(seconds * float(generator.description["latents_info"]["frame_rate"])))
@@ -46,19 +48,21 @@ def frames_for(generator: LoadedGenerator, seconds: float | None) -> int:
 
 
 @torch.no_grad()
-def generate_latents(generator: LoadedGenerator, prompts: list[str], frames: int, steps: int = 32, cfg: float = 3.0,
-                     seed: int = 0) -> torch.Tensor:
-    """``(len(prompts), latent_dim, frames)`` latents in the VAE's scale."""
-    encoder = load_text_encoder(generator.config["text_encoder"])
-    text = torch.from_numpy(encoder.encode(prompts))
-    return sample(generator.model, text, frames, steps, cfg, seed)
+def generate_latents(generator: LoadedGenerator, prompts: list[str], frames: int | None = None, steps: int = 32,
+                     cfg: float = 3.0, seed: int = 0) -> list[torch.Tensor]:
+    """One ``(latent_dim, frames_i)`` latent in the VAE's scale per prompt; ``frames`` None: the generator's
+    own length (see :func:`frames_for`)."""
+    prompted = generator.conditioning.prompts(prompts, frames)
+    latents = sample(generator.model, prompted.text, prompted.frames, steps, cfg, seed, prompted.mask)
+    return [latent[:, :length] for latent, length in zip(latents, prompted.lengths)]
 
 
 @torch.no_grad()
-def decode_latents(decoder: Codec, latents: torch.Tensor) -> list[np.ndarray]:
-    """Each ``(latent_dim, frames)`` latent to ``(frames * hop,)`` (or ``(channels, frames * hop)``) float32 audio
-    clipped to [-1, 1], batched and in chunks on the decoder's device."""
-    decoded = CodecRunner(decoder).decode([latent for latent in latents.float().cpu()])
+def decode_latents(decoder: Codec, latents) -> list[np.ndarray]:
+    """Each ``(latent_dim, frames)`` latent (a ``(B, C, T)`` tensor or a list of ``(C, T_i)``) to ``(frames * hop,)``
+    (or ``(channels, frames * hop)``) float32 audio clipped to [-1, 1], batched and in chunks on the decoder's
+    device."""
+    decoded = CodecRunner(decoder).decode([latent.float().cpu() for latent in latents])
     return [np.clip(audio, -1.0, 1.0).astype(np.float32) for audio in decoded]
 
 

@@ -74,7 +74,7 @@ def vae_rows(sweep: Path) -> list[dict]:
     return vaes
 
 
-def _latents_for(run: Path, data: Path, folder: Path, progress: bool, device: torch.device,
+def latents_for(run: Path, data: Path, folder: Path, progress: bool, device: torch.device,
                  batch_size: int) -> None:
     """Pre-encode unless the stored latents were made by the run's current weights from ``data``."""
     info = read_json_or_none(folder / "info.json")
@@ -87,17 +87,17 @@ EMBED_BATCH = 256  # real clips read from disk and embedded at a time
 RESUMABLE = ("steps", "log_every", "validate_every", "checkpoint_every", "device")
 
 
-def _forget_stale_generator(folder: Path, config: GenConfig) -> None:
-    """Delete ``folder/gen`` when it was trained on other latents than ``folder/latents`` holds now (the
+def forget_stale_generator(generator_dir: Path, latents_dir: Path, config: GenConfig) -> None:
+    """Delete ``generator_dir`` when it was trained on other latents than ``latents_dir`` holds now (the
     VAE was retrained) or with other settings than ``config`` (more steps resume instead): select owns
     the folder, and such a generator would not answer the question asked."""
-    saved = read_json_or_none(folder / "gen" / "gen_config.json")
+    saved = read_json_or_none(generator_dir / "gen_config.json")
     if saved is None:
         return
     wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE}
     had = {k: v for k, v in saved.get("config", {}).items() if k not in RESUMABLE}
-    if saved.get("latents_info") != read_json_or_none(folder / "latents" / "info.json") or had != wanted:
-        shutil.rmtree(folder / "gen")
+    if saved.get("latents_info") != read_json_or_none(latents_dir / "info.json") or had != wanted:
+        shutil.rmtree(generator_dir)
 
 
 def _judge(sweep: Path, vaes: list[dict], data: Path, steps: int, progress: bool, device: torch.device) -> Judge:
@@ -162,7 +162,7 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, e
               "latents_rate_kbps": latents.info.get("rate_kbps"), "mel_distance": row.get("mel_distance"),
               "run": row["run"], **metrics,
               "text_match_reconstructions": text_match(judge, reconstructions, classes),
-              "val_loss": _val_loss(folder / "gen"), **{f"sensitivity_{k}": v for k, v in sensitivity.items()},
+              "val_loss": held_out_val_loss(folder / "gen"), **{f"sensitivity_{k}": v for k, v in sensitivity.items()},
               "prompts": [prompts[i] for i in examples],
               "audio": write_example_clips(sweep / "audio" / f"gen-{row['label']}", [generated[i] for i in examples],
                                        loaded.model.sample_rate),
@@ -171,7 +171,7 @@ def evaluate_point(sweep: Path, row: dict, judge: Judge, embed: AudioEmbedder, e
     return result
 
 
-def _val_loss(generator_dir: Path) -> float | None:
+def held_out_val_loss(generator_dir: Path) -> float | None:
     """The last held-out validation loss the generator logged."""
     values = [json.loads(line) for line in (generator_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     held_out = [v["loss"] for v in values if v.get("split") == "held_out"]
@@ -227,7 +227,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
     vaes = vae_rows(sweep)
     data = sweep_data(sweep, data)
     for row in vaes:
-        _latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress, device,
+        latents_for(Path(row["run"]), data, sweep / "generation" / row["label"] / "latents", progress, device,
                      batch_size)
     judge = _judge(sweep, vaes, data, judge_steps, progress, device)
     real_clips = load_folder(data, judge.sample_rate, "all", progress=False).clips
@@ -237,7 +237,7 @@ def run_select(sweep: str | Path, data: str | Path | None = None, config: GenCon
     rows = []
     for row in tqdm(vaes, desc="select", disable=not progress, dynamic_ncols=True):
         folder = sweep / "generation" / row["label"]
-        _forget_stale_generator(folder, config)
+        forget_stale_generator(folder / "gen", folder / "latents", config)
         GenTrainer(config, folder / "latents", folder / "gen", progress=progress).run()
         scored = evaluate_point(sweep, row, judge, embed, embedding, real_embeddings, config, repeats,
                                 sample_steps, cfg, seed, device)

@@ -23,10 +23,11 @@ import torch
 from tqdm import tqdm
 
 from targetkl.config import ConfigError, apply_section, parse_assignments
-from targetkl.gen.dataset import LatentSet, latent_batch, load_latent_set
+from targetkl.gen.dataset import LatentSet, load_latent_set
 from targetkl.gen.flow import flow_matching_loss, validation_loss
 from targetkl.gen.model import LatentDiT
-from targetkl.gen.text import load_text_encoder
+from targetkl.gen.conditioning import Conditioning, for_generation, for_training, task_kind
+from targetkl.gen.tokens import tokenizer
 from targetkl.checkpoints import (CheckpointError, checkpoint_step, latest_checkpoint, load_module)
 from targetkl.train.logger import MetricLogger
 from targetkl.train.state import TrainingState, update_ema, write_settings
@@ -38,9 +39,13 @@ CONFIG_FILE = "gen_config.json"
 
 @dataclass
 class GenConfig:
-    """The generator and its training. ``frames`` 0 means the training clips' median length."""
+    """The generator and its training. ``task``: ``sound`` (text-to-sound) or ``tts`` (text-to-speech, text as
+    ``tokens``: ``phonemes`` or ``chars``); see :mod:`targetkl.gen.conditioning`. ``frames`` 0 means the
+    training clips' median length (``sound``; ``tts`` trains on whole utterances)."""
 
     preset: str = "tiny"
+    task: str = "sound"
+    tokens: str = "phonemes"
     width: int = 128
     depth: int = 4
     heads: int = 4
@@ -86,6 +91,8 @@ def gen_config(preset: str = "tiny", assignments: list[str] | None = None, **fla
         raise ConfigError(f"width={config.width} must be a multiple of heads={config.heads}")
     if config.steps < 0 or config.batch_size < 1 or not 0 < config.lr < math.inf:
         raise ConfigError("steps must be >= 0, batch_size >= 1 and lr a positive number")
+    task_kind(config.task)
+    tokenizer(config.tokens)
     if not 0 <= config.cond_drop < 1 or not 0 <= config.ema_decay < 1:
         raise ConfigError(f"cond_drop={config.cond_drop}, ema_decay={config.ema_decay}: each must be in [0, 1)")
     return config
@@ -103,16 +110,6 @@ def latent_statistics(latents: LatentSet, indices: list[int],
     return mean.float(), variance.sqrt().clamp_min(1e-3).float()
 
 
-def caption_embeddings(latents: LatentSet, encoder_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, text_dim)`` embeddings of every clip's caption and a ``(N,)`` mask of captioned clips."""
-    encoder = load_text_encoder(encoder_name)
-    texts = sorted({c for c in latents.captions if c})
-    table = dict(zip(texts, encoder.encode(texts))) if texts else {}
-    rows = [table.get(c, np.zeros(encoder.dim, np.float32)) if c else np.zeros(encoder.dim, np.float32)
-            for c in latents.captions]
-    return torch.from_numpy(np.stack(rows)), torch.tensor([bool(c) for c in latents.captions])
-
-
 class GenTrainer:
     def __init__(self, config: GenConfig, latents_dir: str | Path, out: str | Path, progress: bool = True):
         self.config, self.out, self.progress = config, Path(out), progress
@@ -121,11 +118,12 @@ class GenTrainer:
         self.held_out_indices = self.latents.indices("held_out")
         if not self.train_indices:
             raise ConfigError(f"{latents_dir}: no training clips in these latents; pre-encode a larger folder")
-        self.frames = config.frames or int(np.median([self.latents.means[i].shape[-1] for i in self.train_indices]))
         self.device = choose_device(config.device)
-        self.text, self.captioned = caption_embeddings(self.latents, config.text_encoder)
+        self.conditioning: Conditioning = for_training(config, self.latents, self.train_indices)
+        self.frames = self.conditioning.describe()["frames"]
         torch.manual_seed(config.seed)
-        self.model = LatentDiT(self.latents.latent_dim, self.text.shape[1], config.width, config.depth, config.heads)
+        self.model = LatentDiT(self.latents.latent_dim, width=config.width, depth=config.depth, heads=config.heads,
+                               **self.conditioning.model_dims())
         mean, std = latent_statistics(self.latents, self.train_indices, config.sample_posterior)
         self.model.latent_mean.copy_(mean)
         self.model.latent_std.copy_(std)
@@ -139,22 +137,23 @@ class GenTrainer:
         warmup = self.config.warmup_steps
         return self.config.lr * min(1.0, (step + 1) / warmup) if warmup else self.config.lr
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x0 (B, C, frames) standardized, text (B, text_dim), drop (B,))`` for ``step``."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(x0 (B, C, T) standardized, text, drop (B,), mask (B, T) or None)`` for ``step``."""
         rng = np.random.default_rng([self.config.seed, step, 0x6E])
         indices = [self.train_indices[i] for i in rng.integers(0, len(self.train_indices), self.config.batch_size)]
-        latents = latent_batch(self.latents, indices, self.frames, rng, self.config.sample_posterior)
-        drop = torch.from_numpy(rng.random(len(indices)) < self.config.cond_drop) | ~self.captioned[indices]
-        x0 = self.model.standardize(latents.to(self.device))
-        return x0, self.text[indices].to(self.device), drop.to(self.device)
+        batch = self.conditioning.batch(indices, rng, self.config.sample_posterior)
+        drop = torch.from_numpy(rng.random(len(indices)) < self.config.cond_drop) | ~batch.conditioned
+        x0 = self.model.standardize(batch.latents.to(self.device))
+        mask = None if batch.mask is None else batch.mask.to(self.device)
+        return x0, batch.text.to(self.device), drop.to(self.device), mask
 
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
-        x0, text, drop = self.batch(self.step)
+        x0, text, drop, mask = self.batch(self.step)
         generator = torch.Generator(device=self.device).manual_seed(step_seed(self.config.seed, self.step))
         self.model.train()
-        loss = flow_matching_loss(self.model, x0, text, drop, generator)
+        loss = flow_matching_loss(self.model, x0, text, drop, generator, mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -166,10 +165,11 @@ class GenTrainer:
     def held_out_loss(self) -> float | None:
         """Validation loss of the EMA model on held-out latents (fixed windows, noise and times)."""
         indices = self.held_out_indices or self.train_indices
-        rng = np.random.default_rng([self.config.seed, 0x76])
-        latents = latent_batch(self.latents, indices, self.frames, rng, self.config.sample_posterior)
-        return validation_loss(self.ema, self.ema.standardize(latents.to(self.device)),
-                               self.text[indices].to(self.device))
+        batch = self.conditioning.batch(indices, np.random.default_rng([self.config.seed, 0x76]),
+                                        self.config.sample_posterior)
+        return validation_loss(self.ema, self.ema.standardize(batch.latents.to(self.device)),
+                               batch.text.to(self.device),
+                               mask=None if batch.mask is None else batch.mask.to(self.device))
 
     def save(self) -> Path:
         return self.state.save(self.out, self.step)
@@ -181,11 +181,12 @@ class GenTrainer:
         return state is not None
 
     def _write_config(self) -> None:
-        description = {"config": dataclasses.asdict(self.config), "frames": self.frames, "text_dim": self.text.shape[1],
+        description = {"config": dataclasses.asdict(self.config), **self.conditioning.describe(),
                        "latents": str(self.latents.folder.resolve()), "latents_info": self.latents.info}
-        keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior")
+        keys = ("width", "depth", "heads", "text_encoder", "seed", "sample_posterior", "task", "tokens")
         write_settings(self.out / CONFIG_FILE, description,
-                       lambda saved: ({k: saved["config"].get(k) for k in keys}, saved["latents_info"]),
+                       lambda saved: ({k: saved["config"].get(k, getattr(GenConfig, k)) for k in keys},
+                                      saved["latents_info"]),
                        "generator settings or latents")
 
     def run(self) -> dict:
@@ -215,7 +216,7 @@ class GenTrainer:
                     self.save()
         if latest_checkpoint(self.out) is None:
             self.save()
-        return {"step": self.step, "val_loss": self.held_out_loss(), "frames": self.frames}
+        return {"step": self.step, "val_loss": self.held_out_loss(), "frames": self.frames, "task": self.config.task}
 
 
 @dataclass
@@ -229,6 +230,10 @@ class LoadedGenerator:
     def config(self) -> dict:
         return self.description["config"]
 
+    @property
+    def conditioning(self) -> Conditioning:
+        return for_generation(self.description)
+
 
 def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
     """The generator's EMA weights and description (``gen_config.json``)."""
@@ -241,7 +246,7 @@ def load_generator(folder: str | Path, device: str | torch.device = "cpu") -> Lo
     if checkpoint is None:
         raise CheckpointError(f"{folder}: no checkpoint yet; run `targetkl gen-train --out {folder}` first")
     config = description["config"]
-    model = LatentDiT(int(description["latents_info"]["latent_dim"]), int(description["text_dim"]),
-                      config["width"], config["depth"], config["heads"])
+    model = LatentDiT(int(description["latents_info"]["latent_dim"]), width=config["width"], depth=config["depth"],
+                      heads=config["heads"], **for_generation(description).model_dims())
     load_module(model, checkpoint / "ema.safetensors")
     return LoadedGenerator(folder, description, model.to(device).eval(), checkpoint_step(checkpoint))
