@@ -71,7 +71,7 @@ def run_speech(args: argparse.Namespace) -> int:
               f"{row['val_loss']:>6.3f}")
     print(f"recognizer's own WER on the held-out recordings: {result['rows'][0]['wer_original']:.3f}")
     tied = result["indistinguishable_from_best"]
-    caveat = f" (its WER interval overlaps {', '.join(tied)}'s: not significantly better)" if tied else ""
+    caveat = f" (its WER interval overlaps those of {', '.join(tied)}: not significantly better)" if tied else ""
     print(f"most intelligible: {result['best_kbps']:.3f} kbps ({result['best_label']}){caveat}; wrote "
           f"generation-tts.json, generation-tts.csv, generation-tts.png and a section of report.html in {args.sweep}")
     return 0
