@@ -58,10 +58,11 @@ def wn_conv1d(in_channels: int, out_channels: int, kernel_size: int, stride: int
     return WeightNormConv1d(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation, padding=padding)
 
 
-def wn_conv_transpose1d(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    """Weight-normed transposed conv that upsamples a length ``L`` input to exactly ``L * stride``."""
+def wn_conv_transpose1d(in_channels: int, out_channels: int, stride: int, exact_length: bool = True) -> nn.Module:
+    """Weight-normed transposed conv that upsamples a length ``L`` input to exactly ``L * stride`` (or, with
+    ``exact_length`` false, DAC's layout: ``L * stride - 1`` for an odd stride)."""
     return WeightNormConvTranspose1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride,
-                                     padding=(stride + 1) // 2, output_padding=stride % 2)
+                                     padding=(stride + 1) // 2, output_padding=stride % 2 if exact_length else 0)
 
 
 class Snake(nn.Module):

@@ -1,0 +1,1 @@
+"""Other tools' checkpoints: read without executing code, mapped onto targetkl's modules."""
