@@ -200,7 +200,11 @@ def _load_export(path: Path, info_file: Path, device: str | torch.device) -> Aut
     weights = path / ("diffusion_pytorch_model.safetensors" if info["format"] == "diffusers" else "model.safetensors")
     try:
         tensors = load_file(str(weights))
-        if info["format"] == "diffusers":
+        if info["format"] == "stable-audio-tools":
+            from targetkl.foreign.stable_audio import to_ours
+
+            tensors = to_ours(tensors, len(config.model.strides))[0]
+        if info["format"] in ("diffusers", "stable-audio-tools"):
             for part in ("encoder", "decoder"):
                 getattr(model, part).load_state_dict(
                     {k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})

@@ -1,6 +1,6 @@
-"""Take a trained run out of the toolkit: ``targetkl export RUN OUT --format diffusers|safetensors``.
+"""Take a trained run out of the toolkit: ``targetkl export RUN OUT --format diffusers|stable-audio-tools|safetensors``.
 
-Both formats write ``OUT/targetkl.json``: the run's whole config, the measured held-out rate (``rate_kbps``,
+Every format writes ``OUT/targetkl.json``: the run's whole config, the measured held-out rate (``rate_kbps``,
 with its target and frame rate) and ``latent_stats``, the per-channel mean and std of the posterior means
 over training clips (``(latent_dim,)`` each, measured at export), which a diffusion model uses to scale
 its latents (``(z - mean) / std``). Then:
@@ -10,6 +10,10 @@ its latents (``(z - mean) / std``). Then:
   ``decode(z).sample`` are this toolkit's posterior mean and decoder. diffusers' posterior std is
   ``softplus + 1e-4``, so the run's ``model.vae.sigma_eps`` must be 1e-4, and its encoder width must be twice the
   latent width (diffusers ties the two).
+- ``stable-audio-tools`` (an Oobleck VAE only): ``model_config.json`` and ``model.safetensors`` that
+  stable-audio-tools' ``create_autoencoder_from_config`` and ``load_ckpt_state_dict`` load, and
+  ``pretransform.json``, the block a diffusion model's config takes, with ``scale`` from the measured latents
+  (:mod:`targetkl.foreign.stable_audio`). Same posterior std rule as diffusers (``sigma_eps`` 1e-4).
 - ``safetensors`` (any run): ``model.safetensors``, the codec's state dict under this toolkit's names.
 
 The model was trained on audio at ``data.loudness_dbfs`` RMS (``targetkl.json`` says which): feed it audio at
@@ -36,7 +40,7 @@ from targetkl.fileio import fsync_dir, fsync_file, umask_mode
 from targetkl.models.codec import Codec
 from targetkl.runs import load_run
 
-FORMATS = ("diffusers", "safetensors")
+FORMATS = ("diffusers", "safetensors", "stable-audio-tools")
 INFO_FILE = "targetkl.json"
 STATS_CLIPS = 256
 
@@ -54,18 +58,24 @@ def diffusers_config(config: Config) -> dict:
             "sampling_rate": model.sample_rate}
 
 
-def check_diffusers(config: Config, codec: Codec, run: Path) -> None:
+def check_oobleck_vae(config: Config, codec: Codec, run: Path, fmt: str) -> None:
+    """What diffusers and stable-audio-tools both need: an Oobleck codec with a Gaussian posterior whose std is
+    ``softplus(raw) + 1e-4``; diffusers also ties the encoder's width to twice the latent and has no final tanh."""
     model = config.model
+    tool = "diffusers" if fmt == "diffusers" else "stable-audio-tools"
     if model.architecture != "oobleck":
-        raise ExportError(f"{run}: a {model.architecture} codec; diffusers loads Stable Audio's Oobleck VAE only: "
+        raise ExportError(f"{run}: a {model.architecture} codec; {tool} loads Stable Audio's Oobleck VAE only: "
                           "train one with --preset oobleck-tiny or oobleck-44k (or --set model.architecture=oobleck), "
                           "or export this run with --format safetensors")
     sigma_eps = model.vae.sigma_eps
-    if not codec.bottleneck.stores_posterior or sigma_eps != 1e-4 or model.encoder_dim != 2 * model.latent_dim:
-        raise ExportError(f"{run}: diffusers' AutoencoderOobleck needs a Gaussian (vae) bottleneck with "
-                          "model.vae.sigma_eps=1e-4 and model.encoder_dim = 2 x model.latent_dim (here "
-                          f"{model.bottleneck}, {sigma_eps:g}, {model.encoder_dim} vs {model.latent_dim}); "
-                          "export with --format safetensors")
+    if not codec.bottleneck.stores_posterior or sigma_eps != 1e-4:
+        raise ExportError(f"{run}: {tool}'s Oobleck VAE needs a Gaussian (vae) bottleneck with "
+                          f"model.vae.sigma_eps=1e-4 (here {model.bottleneck}, {sigma_eps:g}); export with "
+                          "--format safetensors")
+    if fmt == "diffusers" and (model.encoder_dim != 2 * model.latent_dim or model.oobleck.final_tanh):
+        raise ExportError(f"{run}: diffusers' AutoencoderOobleck needs model.encoder_dim = 2 x model.latent_dim "
+                          f"and no final tanh (here {model.encoder_dim} vs {model.latent_dim}, final_tanh "
+                          f"{model.oobleck.final_tanh}); export with --format stable-audio-tools or safetensors")
 
 
 def training_statistics(model: Codec, config: Config, data: str | Path, clips: int = STATS_CLIPS,
@@ -107,8 +117,8 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
     check_target(out, run)
     loaded = load_run(run, "cpu")
     config, model = loaded.config, loaded.model
-    if fmt == "diffusers":
-        check_diffusers(config, model, run)
+    if fmt in ("diffusers", "stable-audio-tools"):
+        check_oobleck_vae(config, model, run, fmt)
     rate_kbps = measured_rate(run, loaded.step)
     if rate_kbps is None:
         from targetkl.eval.evaluate import evaluate_model
@@ -122,14 +132,19 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
         tensors["encoder.conv2.bias"][model.latent_dim:] += float(model.bottleneck.scale_shift)
         files = {"diffusion_pytorch_model.safetensors": tensors,
                  "config.json": json.dumps(diffusers_config(config), indent=2) + "\n"}
-    else:
+    elif fmt == "safetensors":
         files = {"model.safetensors": {name: tensor.detach().contiguous().clone()
                                        for name, tensor in model.state_dict().items()}}
+    stats = training_statistics(model, config, data, stats_clips)
+    if fmt == "stable-audio-tools":
+        from targetkl.foreign.stable_audio import export_files
+
+        files = export_files(config, model, stats)
     info = {"format": fmt, "source_run": str(run.resolve()), "step": loaded.step, "config": config.to_dict(),
             "sample_rate": model.sample_rate, "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
             "loudness_dbfs": config.data.loudness_dbfs, "target_kbps": config.rate.target_kbps,
             "rate_kbps": rate_kbps if rate_kbps is not None and math.isfinite(rate_kbps) else None,
-            "latent_stats": training_statistics(model, config, data, stats_clips)}
+            "latent_stats": stats}
     files[INFO_FILE] = json.dumps(info, indent=2) + "\n"
     write_folder_atomic(out, files)
     return info

@@ -14,7 +14,7 @@ from types import ModuleType
 
 # In the order `targetkl --help` lists them: the whole job, data, training and measuring, generation, files.
 COMMANDS = ("demo", "corpus", "index", "train", "eval", "sweep", "controllers", "sanity", "pre_encode", "gen_train",
-            "generate", "select", "listen", "encode", "decode", "compress", "decompress", "export")
+            "generate", "select", "listen", "encode", "decode", "compress", "decompress", "import_codec", "export")
 
 
 def command_modules() -> list[ModuleType]:

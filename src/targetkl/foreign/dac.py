@@ -17,31 +17,20 @@ descript-audio-codec itself.
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from targetkl.errors import UserError
+from targetkl.foreign.base import (ForeignCheckpointError, ForeignCodec, ForeignFormat, load_weights_only,
+                                   named_tensors, register_format)
 
 CROP_SECONDS = 0.38  # DAC's training excerpts
-RENAMES = (("encoder.block.", "encoder.layers."), ("decoder.model.", "decoder.layers."))
+RENAMES = (("encoder.block.", "encoder.layers."), ("decoder.model.", "decoder.layers."),
+           ("quantizer.quantizers.", "bottleneck.quantizers."))
+SAVE_HINT = "save the model's weights with DAC.save(path, package=False) and import that"
 
-
-class ForeignCheckpointError(UserError, ValueError):
-    """A foreign checkpoint that cannot be read or does not describe a model we can build."""
-
-
-def _is_torch_package(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any("/.data/extern_modules" in name or name.endswith(".data/version") for name in names) and not any(
-        name.endswith("/data.pkl") for name in names)
+__all__ = ["ForeignCheckpointError", "read_checkpoint", "config_settings", "codec_weights", "read"]
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -49,23 +38,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     path = Path(path)
     if not path.is_file():
         raise ForeignCheckpointError(f"{path}: not found; pass a DAC weights file (.pth)")
-    if _is_torch_package(path):
-        raise ForeignCheckpointError(f"{path}: a torch.package (pickled code, which is never executed here); save "
-                                     "the model's weights with DAC.save(path, package=False) and import that")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
-        detail = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-        raise ForeignCheckpointError(f"{path}: not a readable weights-only torch file ({detail}); pass DAC's "
-                                     "weights file (DAC.save(path, package=False))") from None
+    loaded = load_weights_only(path, SAVE_HINT)
     if not isinstance(loaded, dict) or not isinstance(loaded.get("state_dict"), dict) \
             or not isinstance((loaded.get("metadata") or {}).get("kwargs"), dict):
         raise ForeignCheckpointError(f"{path}: holds no state_dict with metadata.kwargs, as DAC's weights files do; "
                                      "save it with DAC.save(path, package=False)")
-    state = loaded["state_dict"]
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ForeignCheckpointError(f"{path}: its state_dict holds something other than named tensors")
-    return dict(loaded["metadata"]["kwargs"]), state
+    return dict(loaded["metadata"]["kwargs"]), named_tensors(loaded["state_dict"], path)
 
 
 def config_settings(kwargs: dict[str, Any], where: str = "the checkpoint") -> dict[str, Any]:
@@ -96,10 +74,47 @@ def config_settings(kwargs: dict[str, Any], where: str = "the checkpoint") -> di
 
 
 def codec_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """DAC's encoder and decoder weights under our names (the quantizer's are left out)."""
+    """DAC's encoder, decoder and quantizer weights under our names (the quantizer's as our ``rvq``
+    bottleneck's: the same factorized, L2-normalized residual stages, module for module)."""
     out = {}
     for key, tensor in state.items():
         for theirs, ours in RENAMES:
             if key.startswith(theirs):
                 out[ours + key[len(theirs):]] = tensor
     return out
+
+
+def quantizer_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``model.rvq.*`` keys that rebuild DAC's residual quantizer as our ``rvq`` bottleneck."""
+    dropout = kwargs.get("quantizer_dropout", False)
+    return {"model.rvq.codebooks": int(kwargs.get("n_codebooks", 9)),
+            "model.rvq.codebook_size": int(kwargs.get("codebook_size", 1024)),
+            "model.rvq.codebook_dim": int(kwargs.get("codebook_dim", 8)),
+            "model.rvq.dropout": float(dropout)}
+
+
+def detect(path: Path) -> bool:
+    """A file that is not safetensors, JSON or a stable-audio-tools checkpoint (no ``model_config.json`` beside
+    it): read as DAC's, whose errors name what is wrong."""
+    return path.is_file() and path.suffix not in (".safetensors", ".json", ".ckpt") \
+        and not (path.parent / "model_config.json").is_file()
+
+
+def read(path: Path) -> ForeignCodec:
+    kwargs, state = read_checkpoint(path)
+    settings = config_settings(kwargs, str(path))
+    weights = codec_weights(state)
+    if not any(key.startswith("encoder.") for key in weights) or not any(key.startswith("decoder.") for key in weights):
+        raise ForeignCheckpointError(f"{path}: has no encoder.block.* and decoder.model.* weights, as DAC's have")
+    frame_rate = settings["model.sample_rate"] / math.prod(settings["model.strides"])
+    notes = ["DAC's continuous latent (the encoder's output, before the quantizer's projections) is the latent: "
+             f"{settings['model.latent_dim']} channels at {frame_rate:g} Hz"]
+    if (path.parent.parent / "discriminator" / "weights.pth").is_file():
+        notes.append("DAC's discriminator weights beside it are not loaded (our discriminators are not checked "
+                     "against DAC's yet): the discriminator starts fresh")
+    return ForeignCodec("dac", settings, weights, encoder_output="latent", bottleneck="rvq",
+                        bottleneck_settings=quantizer_settings(kwargs), notes=notes)
+
+
+register_format(ForeignFormat("dac", "descript-audio-codec weights file (.pth: state_dict + metadata.kwargs)",
+                              detect, read))

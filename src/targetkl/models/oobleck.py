@@ -9,7 +9,8 @@ conv1.weight_g`` ...), so ``targetkl export --format diffusers`` writes the stat
   ``encoder_dim * m_(i+1)`` (``m = (1, *channel_multiples)``); Snake and a conv (k 3) to the bottleneck's
   input channels (2 x latent for a Gaussian posterior, which is what diffusers expects).
 - decoder: conv (k 7) from the latent to ``decoder_dim * m_last``; per stride (reversed) Snake, a transposed
-  conv of kernel ``2s`` and the three residual units; Snake and a conv (k 7, no bias) to audio. No tanh.
+  conv of kernel ``2s`` and the three residual units; Snake and a conv (k 7, no bias) to audio; tanh only with
+  ``model.oobleck.final_tanh`` (stable-audio-tools' option).
 
 Snake here has a per-channel ``alpha`` and ``beta`` on a log scale: ``x + sin(e^alpha x)^2 / (e^beta + 1e-9)``.
 Strides must be even (the transposed convs' padding is ``ceil(s / 2)``, exact only for even ``s``).
@@ -105,8 +106,9 @@ class OobleckEncoder(nn.Module):
 
 class OobleckDecoder(nn.Module):
     def __init__(self, latent_dim: int, dim: int, strides: tuple[int, ...], multiples: tuple[int, ...],
-                 audio_channels: int = 1):
+                 audio_channels: int = 1, final_tanh: bool = False):
         super().__init__()
+        self.final_tanh = final_tanh
         widths = [dim * m for m in (1, *multiples)]
         count = len(strides)
         self.conv1 = WeightNormConv1d(latent_dim, widths[-1], 7, padding=3)
@@ -119,21 +121,26 @@ class OobleckDecoder(nn.Module):
         x = self.conv1(latent)
         for block in self.block:
             x = block(x)
-        return self.conv2(self.snake1(x))
+        x = self.conv2(self.snake1(x))
+        return torch.tanh(x) if self.final_tanh else x
 
 
 @dataclass
 class OobleckSettings:
-    """``model.oobleck``: ``channel_multiples``, one per stride: stage ``i`` works at ``dim * m_i`` channels."""
+    """``model.oobleck``: ``channel_multiples``, one per stride: stage ``i`` works at ``dim * m_i`` channels;
+    ``final_tanh``: the decoder ends in tanh (stable-audio-tools' default; Stable Audio Open's VAE and diffusers
+    have none)."""
 
     channel_multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
+    final_tanh: bool = False
     former_keys = {"channel_multiples": "channel_multiples"}  # model.channel_multiples before this section
 
 
 def build(model: ModelConfig, out_channels: int) -> tuple[nn.Module, nn.Module]:
     multiples = model.oobleck.channel_multiples
     return (OobleckEncoder(model.encoder_dim, model.strides, multiples, out_channels, model.audio_channels),
-            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, multiples, model.audio_channels))
+            OobleckDecoder(model.latent_dim, model.decoder_dim, model.strides, multiples, model.audio_channels,
+                           model.oobleck.final_tanh))
 
 
 def check(config: Config) -> None:

@@ -36,7 +36,7 @@ from targetkl.models.codec import build_codec
 from targetkl.models.discriminators import build_discriminator
 from targetkl.collectives import mean_tensor_over_ranks
 from targetkl.train.distributed import SINGLE, DistributedContext, barrier, mean_over_ranks
-from targetkl.checkpoints import latest_checkpoint
+from targetkl.checkpoints import checkpoint_step, latest_checkpoint
 from targetkl.train.logger import MetricLogger, NullLogger
 from targetkl.train.runlock import RunLock
 from targetkl.train.state import TrainingError, TrainingState, update_ema, write_settings
@@ -180,15 +180,20 @@ class Trainer:
 
     def _write_config(self) -> None:
         """Save the resolved config; refuse to resume a run whose model or rate settings differ (a run saved before
-        a setting existed has that setting's default)."""
+        a setting existed has that setting's default). A run whose checkpoint is still at step 0 (``targetkl
+        import`` writes one) has not trained at any rate: its rate settings may change, its model may not."""
+        latest = latest_checkpoint(self.run_dir)
+        guarded = ("model",) if latest is not None and checkpoint_step(latest) == 0 else ("model", "rate")
+
         def fixed(settings: dict) -> dict:
             try:
                 settings = from_dict(settings, where=str(self.run_dir / "config.json")).to_dict()
             except ConfigError:
                 pass
-            return {key: settings.get(key) for key in ("model", "rate")}
+            return {key: settings.get(key) for key in guarded}
 
-        write_settings(self.run_dir / "config.json", self.config.to_dict(), fixed, "model or rate settings")
+        write_settings(self.run_dir / "config.json", self.config.to_dict(), fixed,
+                       "model or rate settings" if len(guarded) == 2 else "model settings")
 
     # ------------------------------------------------------------- one step
     def _autocast(self):
