@@ -22,7 +22,9 @@ layouts' weights files and inputs/outputs to ``tests/fixtures/reference/`` (a fe
 import``; and the reverse: a run exported with ``--format stable-audio-tools`` is built by stable-audio-tools'
 own ``create_autoencoder_from_config``, loaded by its ``load_ckpt_state_dict``/``copy_state_dict`` (every
 tensor must land), its ``pretransform.json`` built by ``create_pretransform_from_config``, and compared.
-``diffusers`` imports ``AutoencoderOobleck.save_pretrained`` folders (tiny and full size).
+``diffusers`` imports ``AutoencoderOobleck.save_pretrained`` folders (tiny and full size). ``losses`` puts
+``dac.nn.loss``'s mel and STFT losses and DAC's ``Discriminator`` beside ours on the same audio (the per-window
+mel values must agree when given DAC's mel bin counts; the rest is reported for docs/reference.md).
 """
 
 from __future__ import annotations
@@ -289,6 +291,54 @@ def diffusers_compare(name: str, folder: Path) -> tuple[dict, dict]:
                  "decoded": theirs_audio[0].contiguous()}
 
 
+@torch.no_grad()
+def loss_checks() -> dict:
+    """Our losses and discriminators beside descript-audio-codec's ``dac.nn.loss`` and ``Discriminator`` on the same
+    audio (44.1 kHz, DAC's 44 kHz training settings): where the definitions agree the values must too."""
+    from audiotools import AudioSignal
+    from dac.model.discriminator import Discriminator as DacDiscriminator
+    from dac.nn.loss import MelSpectrogramLoss, MultiScaleSTFTLoss
+
+    from targetkl.config import resolve
+    from targetkl.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss, magnitude, mel_filterbank
+    from targetkl.models.discriminators import build_discriminator
+
+    sample_rate = 44100
+    reference = test_audio(1, sample_rate)
+    estimate = reference + 0.05 * torch.randn(reference.shape, generator=torch.Generator().manual_seed(6))
+    theirs_x, theirs_y = AudioSignal(estimate.clone(), sample_rate), AudioSignal(reference.clone(), sample_rate)
+    windows, mels = [32, 64, 128, 256, 512, 1024, 2048], [5, 10, 20, 40, 80, 160, 320]  # DAC's conf/base.yml
+    scales = []
+    for window, bins in zip(windows, mels):
+        theirs = float(MelSpectrogramLoss(n_mels=[bins], window_lengths=[window], mag_weight=0.0, pow=1.0,
+                                          clamp_eps=1e-5, mel_fmin=[0.0], mel_fmax=[None])(theirs_x, theirs_y))
+        filters = mel_filterbank(sample_rate, window, bins)
+        ours = float(((filters @ magnitude(estimate, window)).clamp_min(1e-5).log10()
+                      - (filters @ magnitude(reference, window)).clamp_min(1e-5).log10()).abs().mean())
+        scales.append({"window": window, "mel_bins": bins, "dac": theirs, "ours": ours, "abs_diff": abs(theirs - ours)})
+    dac_mel = float(MelSpectrogramLoss(n_mels=mels, window_lengths=windows, mag_weight=0.0, pow=1.0, clamp_eps=1e-5,
+                                       mel_fmin=[0.0] * 7, mel_fmax=[None] * 7)(theirs_x, theirs_y))
+    ours_mel = float(MultiScaleMelLoss(sample_rate, tuple(windows))(estimate, reference))
+    dac_stft = float(MultiScaleSTFTLoss(window_lengths=[2048, 512])(theirs_x, theirs_y))
+    ours_stft = float(MultiResolutionSTFTLoss((2048, 512))(estimate, reference))
+    config = resolve("dac-44k")
+    ours_disc = build_discriminator(config.loss, sample_rate).eval()
+    theirs_disc = DacDiscriminator(sample_rate=sample_rate).eval()
+    theirs_out = theirs_disc(reference)
+    ours_scores, ours_features = ours_disc(reference)
+    return {"mel_per_scale": scales, "mel_per_scale_max_abs": max(r["abs_diff"] for r in scales),
+            "mel_dac_sum_over_scales": dac_mel, "mel_ours_mean_over_scales": ours_mel,
+            "stft_dac_log10_power_plus_magnitude_l1": dac_stft, "stft_ours_convergence_plus_log_l1": ours_stft,
+            "discriminator_members": {"dac": len(theirs_out), "ours": len(ours_scores)},
+            "discriminator_parameters": {"dac": sum(p.numel() for p in theirs_disc.parameters()),
+                                         "ours": sum(p.numel() for p in ours_disc.parameters())},
+            "discriminator_feature_maps_per_member": {"dac": [len(out) - 1 for out in theirs_out],
+                                                      "ours": [len(f) for f in ours_features]},
+            "discriminator_score_shapes": {"dac": [list(out[-1].shape) for out in theirs_out],
+                                           "ours": [list(score.shape) for score in ours_scores]},
+            "passed": max(r["abs_diff"] for r in scales) <= TOLERANCE}
+
+
 def copy_tree(source: Path, target: Path) -> None:
     import shutil
 
@@ -299,7 +349,8 @@ def copy_tree(source: Path, target: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-fixtures", action="store_true", help=f"write the tiny layouts to {FIXTURES}")
-    parser.add_argument("--checks", default="dac,sat,diffusers", help="comma-separated: dac, sat, diffusers")
+    parser.add_argument("--checks", default="dac,sat,diffusers,losses",
+                        help="comma-separated: dac, sat, diffusers, losses")
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated subset of the DAC layouts")
     args = parser.parse_args()
     from safetensors.torch import save_file
@@ -330,6 +381,9 @@ def main() -> int:
                           and max(r.get("export_encoder_max_abs", 0), r.get("export_decoder_max_abs", 0),
                                   r.get("export_pretransform_decode_max_abs", 0)) <= TOLERANCE
                           and r.get("export_model_config_equal", True) for r in rows)
+        if "losses" in checks:
+            report["losses"] = loss_checks()
+            passed &= report["losses"]["passed"]
         if "sat" in checks:
             import importlib.metadata
 
