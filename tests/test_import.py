@@ -68,6 +68,8 @@ def test_a_dac_file_imports_as_a_gaussian_posterior_around_dacs_latent_or_with_i
     audio = reference["audio"][None]
     info = import_codec(FIXTURES / "dac-tiny.pth", tmp_path / "vae")
     assert info["bottleneck"] == "vae" and len(info["new"]) == 1 and "raw scale" in info["new"][0]
+    assert info["loaded_tensors"] == sum(  # DAC's encoder and decoder, not its quantizer
+        1 for key in load_run(tmp_path / "vae").model.state_dict() if key.startswith(("encoder.", "decoder.")))
     model = load_run(tmp_path / "vae").model
     with torch.no_grad():
         encoded = model.encode(audio)

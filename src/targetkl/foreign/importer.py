@@ -164,7 +164,9 @@ def import_codec(source: str | Path, run: str | Path, bottleneck: str | None = N
             "source_bottleneck": foreign.bottleneck, "sample_rate": config.model.sample_rate,
             "frame_rate": config.model.frame_rate, "latent_dim": config.model.latent_dim,
             "parameters": sum(p.numel() for p in codec.parameters()),
-            "loaded_tensors": len(foreign.weights), "new": new,
+            "loaded_tensors": sum(1 for key in foreign.weights if key in state
+                                  and (chosen == foreign.bottleneck or not key.startswith("bottleneck."))),
+            "new": new,
             "notes": notes}
     run.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=run.parent, prefix=f".{run.name}.import-"))
