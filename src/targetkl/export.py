@@ -30,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.torch import save_file
 
 from targetkl.config import Config
@@ -88,6 +89,16 @@ def training_statistics(model: Codec, config: Config, data: str | Path, clips: i
     return {key: stats[key] for key in ("mean", "std", "clips", "frames")}
 
 
+def oobleck_vae_tensors(model: Codec) -> dict[str, torch.Tensor]:
+    """An Oobleck VAE's ``encoder.*`` and ``decoder.*`` tensors under our (diffusers') names, as diffusers and
+    stable-audio-tools take them: both compute ``std = softplus(raw) + 1e-4``, so the final rate trim's shift goes
+    into the raw scales' bias."""
+    tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
+               for part in ("encoder", "decoder") for name, tensor in getattr(model, part).state_dict().items()}
+    tensors["encoder.conv2.bias"][model.latent_dim:] += float(model.bottleneck.scale_shift)
+    return tensors
+
+
 def measured_rate(run: Path, step: int) -> float | None:
     """The held-out rate the run logged at ``step`` (its last checkpoint), if it logged one."""
     rate = None
@@ -125,12 +136,7 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
 
         rate_kbps = evaluate_model(model, config, data, perceptual=False, progress=False)["rate_kbps"]
     if fmt == "diffusers":
-        tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
-                   for part in ("encoder", "decoder")
-                   for name, tensor in getattr(model, part).state_dict().items()}
-        # diffusers computes std = softplus(raw) + 1e-4: the final rate trim's shift goes into the raw scales' bias
-        tensors["encoder.conv2.bias"][model.latent_dim:] += float(model.bottleneck.scale_shift)
-        files = {"diffusion_pytorch_model.safetensors": tensors,
+        files = {"diffusion_pytorch_model.safetensors": oobleck_vae_tensors(model),
                  "config.json": json.dumps(diffusers_config(config), indent=2) + "\n"}
     elif fmt == "safetensors":
         files = {"model.safetensors": {name: tensor.detach().contiguous().clone()
@@ -139,7 +145,7 @@ def export_run(run: str | Path, out: str | Path, data: str | Path, fmt: str = "d
     if fmt == "stable-audio-tools":
         from targetkl.foreign.stable_audio import export_files
 
-        files = export_files(config, model, stats)
+        files = export_files(config, oobleck_vae_tensors(model), stats)
     info = {"format": fmt, "source_run": str(run.resolve()), "step": loaded.step, "config": config.to_dict(),
             "sample_rate": model.sample_rate, "frame_rate": model.frame_rate, "latent_dim": model.latent_dim,
             "loudness_dbfs": config.data.loudness_dbfs, "target_kbps": config.rate.target_kbps,

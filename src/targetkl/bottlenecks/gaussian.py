@@ -23,6 +23,11 @@ def gaussian_kl_per_value(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor
     return 0.5 * (mean.pow(2) + variance - torch.log(variance) - 1.0)
 
 
+def inverse_softplus(value: torch.Tensor) -> torch.Tensor:
+    """The ``raw`` whose ``softplus(raw)`` is ``value`` (> 0), computed without overflow."""
+    return value + torch.log(-torch.expm1(-value))
+
+
 def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """KL to the standard normal summed over channels: ``(B, D, F) -> (B, F)`` nats per frame."""
     return gaussian_kl_per_value(mean, std).sum(dim=1)
@@ -96,7 +101,7 @@ class GaussianBottleneck(Bottleneck):
         mean = torch.cat([m for m, _ in posteriors], dim=-1).double()
         std = torch.cat([s for _, s in posteriors], dim=-1).double()
         excess = (std - self.sigma_eps).clamp_min(1e-12)
-        raw = excess + torch.log(-torch.expm1(-excess))  # the inverse of softplus
+        raw = inverse_softplus(excess)
         frames = max(mean.shape[-1], 1)
 
         def error(shift: float) -> float:

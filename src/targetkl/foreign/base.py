@@ -88,6 +88,12 @@ def read_source(path: str | Path) -> ForeignCodec:
     raise ForeignCheckpointError(f"{path}: not a checkpoint this toolkit can import ({kinds})")
 
 
+def whole_frames_seconds(seconds: float, sample_rate: int, hop: int) -> float:
+    """``seconds`` rounded to a whole number (at least 1) of ``hop``-sample latent frames: a training crop the
+    source's codec can take."""
+    return max(1, round(seconds * sample_rate / hop)) * hop / sample_rate
+
+
 def _is_torch_package(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:

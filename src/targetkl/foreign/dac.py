@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from targetkl.foreign.base import (ForeignCheckpointError, ForeignCodec, ForeignFormat, load_weights_only,
-                                   named_tensors, register_format)
+                                   named_tensors, register_format, whole_frames_seconds)
 
 CROP_SECONDS = 0.38  # DAC's training excerpts
 RENAMES = (("encoder.block.", "encoder.layers."), ("decoder.model.", "decoder.layers."),
@@ -64,9 +64,8 @@ def config_settings(kwargs: dict[str, Any], where: str = "the checkpoint") -> di
         raise ForeignCheckpointError(f"{where}: decoder_rates {settings['decoder_rates']} do not mirror encoder_rates "
                                      f"{rates}; only mirrored DAC layouts can be imported")
     latent = settings["latent_dim"] or int(settings["encoder_dim"]) * 2 ** len(rates)
-    sample_rate, hop = int(settings["sample_rate"]), math.prod(rates)
-    frames = max(1, round(CROP_SECONDS * sample_rate / hop))
-    return {"data.segment_seconds": frames * hop / sample_rate,
+    sample_rate = int(settings["sample_rate"])
+    return {"data.segment_seconds": whole_frames_seconds(CROP_SECONDS, sample_rate, math.prod(rates)),
             "model.architecture": "dac", "model.sample_rate": sample_rate, "model.audio_channels": 1,
             "model.encoder_dim": int(settings["encoder_dim"]), "model.strides": tuple(rates),
             "model.decoder_dim": int(settings["decoder_dim"]), "model.latent_dim": int(latent),

@@ -23,7 +23,6 @@ The run is written into a temporary folder beside ``RUN`` and renamed at the end
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -32,11 +31,12 @@ from typing import Any
 
 import torch
 
-from targetkl.checkpoints import save_checkpoint, state_dict_for_file
 from targetkl.config import Config, apply_overrides, from_dict, nest, preset, resolve
 from targetkl.fileio import fsync_dir, umask_mode, write_text_atomic
-from targetkl.foreign.base import ForeignCheckpointError, ForeignCodec, read_source
+from targetkl.foreign.base import ForeignCheckpointError, ForeignCodec, read_source, whole_frames_seconds
+from targetkl.bottlenecks.gaussian import inverse_softplus
 from targetkl.models.codec import build_codec
+from targetkl.train.state import TrainingState
 
 INITIAL_STD = 0.1  # posterior std of a Gaussian bottleneck put on a deterministic latent
 INFO_FILE = "imported.json"
@@ -60,18 +60,11 @@ def import_config(foreign: ForeignCodec, bottleneck: str, preset_name: str, file
             settings["rate.warmup_steps"] = 0  # DAC's codes are trained: quantize from the first step
     base = apply_overrides(base, nest(settings), where=f"the {foreign.kind} source")
     if "data.segment_seconds" not in settings:  # the preset's crop, made a whole number of the source's frames
-        model = base.model
-        frames = max(1, round(base.data.segment_seconds * model.sample_rate / model.hop))
-        base.data.segment_seconds = frames * model.hop / model.sample_rate
+        base.data.segment_seconds = whole_frames_seconds(base.data.segment_seconds, base.model.sample_rate,
+                                                         base.model.hop)
     config = resolve(preset_name, files, assignments, base=base)
     config.preset = base.preset if foreign.base_config else preset_name
     return config
-
-
-def _raw_scale(std: float, sigma_eps: float) -> float:
-    """The raw scale whose ``softplus(raw) + sigma_eps`` is ``std``."""
-    excess = std - sigma_eps
-    return math.log(math.expm1(excess))
 
 
 def codec_state(foreign: ForeignCodec, config: Config, codec: torch.nn.Module, where: str) -> tuple[dict, list[str]]:
@@ -95,7 +88,8 @@ def codec_state(foreign: ForeignCodec, config: Config, codec: torch.nn.Module, w
             if module[1] == "weight_g":
                 grown[latent:] = 0.0
             elif module[1] == "bias":
-                grown[latent:] = _raw_scale(INITIAL_STD, config.model.vae.sigma_eps)
+                excess = torch.tensor(INITIAL_STD - config.model.vae.sigma_eps, dtype=torch.float64)
+                grown[latent:] = float(inverse_softplus(excess))  # softplus(raw) + sigma_eps = INITIAL_STD
             weights[key] = grown
             if module[1] == "bias":
                 new.append(f"{module[0]}: output rows {latent}..{2 * latent - 1} (the posterior's raw scale; zero "
@@ -141,8 +135,8 @@ def import_codec(source: str | Path, run: str | Path, bottleneck: str | None = N
     codec = build_codec(config)
     state, new = codec_state(foreign, config, codec, str(source))
     codec.load_state_dict(state, strict=True)
-    tensors = {"model": state_dict_for_file(codec), "ema": state_dict_for_file(codec)}
     notes = list(foreign.notes)
+    discriminator = None
     if config.loss.adversarial:
         from targetkl.models.discriminators import build_discriminator
 
@@ -155,11 +149,11 @@ def import_codec(source: str | Path, run: str | Path, bottleneck: str | None = N
             except RuntimeError:
                 notes.append("the source's discriminator does not match this config's: the discriminator starts "
                              "fresh")
-        tensors["discriminator"] = state_dict_for_file(discriminator)
         if loaded:
             notes.append("the source's discriminator is loaded")
-    state_file = {"step": 0, "optimizer": {}, "disc_optimizer": {}, "torch_rng": torch.get_rng_state(),
-                  "bad_steps": 0, "imported": True}
+    # the checkpoint training writes, at step 0 with no optimizer state; the EMA starts as the model
+    checkpoint = TrainingState({"model": codec, "ema": codec, "discriminator": discriminator},
+                               {"optimizer": None, "disc_optimizer": None})
     info = {"source": str(source.resolve()), "format": foreign.kind, "bottleneck": chosen,
             "source_bottleneck": foreign.bottleneck, "sample_rate": config.model.sample_rate,
             "frame_rate": config.model.frame_rate, "latent_dim": config.model.latent_dim,
@@ -172,7 +166,7 @@ def import_codec(source: str | Path, run: str | Path, bottleneck: str | None = N
     temporary = Path(tempfile.mkdtemp(dir=run.parent, prefix=f".{run.name}.import-"))
     try:
         write_text_atomic(temporary / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        save_checkpoint(temporary, 0, tensors, state_file)
+        checkpoint.save(temporary, 0, {"bad_steps": 0, "imported": True})
         write_text_atomic(temporary / INFO_FILE, json.dumps(info, indent=2) + "\n")
         os.chmod(temporary, umask_mode(folder=True))
         if run.is_dir():

@@ -230,12 +230,9 @@ def model_config(config) -> dict:
                       "io_channels": model.audio_channels}}
 
 
-def export_files(config, codec, latent_stats: dict) -> dict[str, Any]:
-    """The files of a stable-audio-tools export: name -> text or tensors."""
-    tensors = {f"{part}.{name}": tensor.detach().contiguous().clone()
-               for part in ("encoder", "decoder") for name, tensor in getattr(codec, part).state_dict().items()}
-    # stable-audio-tools computes std = softplus(raw) + 1e-4: the final rate trim's shift goes into the raw scales'
-    tensors["encoder.conv2.bias"][codec.latent_dim:] += float(codec.bottleneck.scale_shift)
+def export_files(config, tensors: dict[str, torch.Tensor], latent_stats: dict) -> dict[str, Any]:
+    """The files of a stable-audio-tools export: name -> text or tensors. ``tensors``: the run's encoder and decoder
+    under our names with the rate trim folded in (:func:`targetkl.export.oobleck_vae_tensors`)."""
     theirs = {key: value.contiguous() for key, value in to_theirs(tensors, len(config.model.strides)).items()}
     mean, std = torch.tensor(latent_stats["mean"]), torch.tensor(latent_stats["std"])
     scale = float(torch.sqrt((std.pow(2) + mean.pow(2)).mean()))
