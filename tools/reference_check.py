@@ -54,12 +54,8 @@ LAYOUTS = {  # DAC constructor arguments; the released models' layouts at full s
 def perturbed_dac(kwargs: dict, seed: int):
     import dac
 
-    torch.manual_seed(seed)
-    model = dac.DAC(**kwargs).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter) * (parameter.abs().mean() + 0.1))
-    return model
+    torch.manual_seed(seed)  # before DAC's own initialization, which the seed then fixes too
+    return perturb(dac.DAC(**kwargs))
 
 
 def our_codec(path: Path):
@@ -130,8 +126,10 @@ def package_is_refused(folder: Path) -> dict:
     return {"torch_package_refused": False}
 
 
-def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
+def perturb(model: torch.nn.Module, seed: int | None = None) -> torch.nn.Module:
+    """Move every weight of ``model`` off its initial value by seeded noise scaled to it; returns it in eval mode."""
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter) * (parameter.abs().mean() + 0.1))
